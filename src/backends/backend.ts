@@ -1,0 +1,39 @@
+// The one interface every key-encryption-key backend implements (keyring, PKCS#11, AWS KMS, Vault
+// Transit). The plugin (src/kms/) sees only this; each backend turns its SDK's errors into a
+// BackendError (src/errors.ts) at its own edge.
+
+/** What a wrap produced: everything needed to unwrap it later, none of it secret. */
+export interface Wrapped {
+  /** Opaque bytes; for v1beta1 this alone must be enough to unwrap (v1 Decrypt has no key id). */
+  readonly ciphertext: Buffer;
+  /** The id of the key that wrapped; stable, never reused for other key material, no secret in it. */
+  readonly keyID: string;
+  /** Extra non-secret data the backend needs back on unwrap (v2 annotations; FQDN keys). */
+  readonly annotations?: Readonly<Record<string, Buffer>>;
+}
+
+export interface UnwrapRequest {
+  readonly ciphertext: Uint8Array;
+  /** From the v2 DecryptRequest; absent for v1beta1. A backend refuses one that disagrees. */
+  readonly keyID?: string;
+  readonly annotations?: Readonly<Record<string, Uint8Array>>;
+  /** Request id for logs only; never trusted. */
+  readonly uid?: string;
+}
+
+export interface WrapRequest {
+  readonly plaintext: Uint8Array;
+  readonly uid?: string;
+}
+
+export interface KeyBackend {
+  /** Short stable name used in logs and metrics labels: `keyring`, `pkcs11`, `aws-kms`, `vault-transit`. */
+  readonly name: string;
+  /** The key id a wrap would use now. Cheap enough for every Status call (may be cached). */
+  currentKeyID(): Promise<string>;
+  wrap(request: WrapRequest): Promise<Wrapped>;
+  unwrap(request: UnwrapRequest): Promise<Buffer>;
+  /** Re-read keys or configuration (SIGHUP). A failure leaves the previous keys in service. */
+  reload(): Promise<void>;
+  close(): Promise<void>;
+}

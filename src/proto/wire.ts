@@ -1,0 +1,258 @@
+// A small proto3 codec driven by a field table: enough for the KMS messages and the kms v2
+// EncryptedObject (string, bytes, map<string, bytes>, enum). Pure: no I/O.
+//
+// Decoding follows proto3: absent fields take their zero value, unknown fields are skipped, the last
+// occurrence of a scalar wins, map entries may come in any order. Strings must be valid UTF-8 (grpc-go
+// refuses invalid UTF-8 in string fields too). Anything else malformed raises ERR_PROTO_MALFORMED.
+
+import { FormatInvalidError } from '../errors.js';
+
+export type FieldKind = 'string' | 'bytes' | 'map<string,bytes>' | 'enum';
+
+type ValueOf<K extends FieldKind> = K extends 'string'
+  ? string
+  : K extends 'bytes'
+    ? Buffer
+    : K extends 'map<string,bytes>'
+      ? Record<string, Buffer>
+      : number;
+
+export interface FieldSpec<K extends FieldKind = FieldKind> {
+  readonly no: number;
+  readonly kind: K;
+}
+
+export type Schema = Record<string, FieldSpec>;
+
+/** The decoded shape of a message: every field present, zero values for absent ones. */
+export type MessageOf<S extends Schema> = { [F in keyof S]: ValueOf<S[F]['kind']> };
+
+/** What encode() takes: every field optional, bytes may be any Uint8Array. */
+export type MessageInit<S extends Schema> = {
+  [F in keyof S]?: S[F]['kind'] extends 'bytes'
+    ? Uint8Array
+    : S[F]['kind'] extends 'map<string,bytes>'
+      ? Readonly<Record<string, Uint8Array>>
+      : ValueOf<S[F]['kind']>;
+};
+
+export interface MessageCodec<S extends Schema> {
+  readonly name: string;
+  encode(message: MessageInit<S>): Buffer;
+  decode(data: Uint8Array): MessageOf<S>;
+}
+
+const WIRE_VARINT = 0;
+const WIRE_I64 = 1;
+const WIRE_LEN = 2;
+const WIRE_I32 = 5;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function malformed(message: string, cause?: unknown): FormatInvalidError {
+  return new FormatInvalidError('ERR_PROTO_MALFORMED', message, { cause });
+}
+
+function writeVarint(out: number[], value: number): void {
+  let v = value;
+  while (v > 0x7f) {
+    out.push((v & 0x7f) | 0x80);
+    v = Math.floor(v / 128);
+  }
+  out.push(v);
+}
+
+function varintBytes(value: number): Buffer {
+  const out: number[] = [];
+  writeVarint(out, value);
+  return Buffer.from(out);
+}
+
+function lenDelimited(fieldNo: number, body: Uint8Array): Buffer[] {
+  return [varintBytes((fieldNo << 3) | WIRE_LEN), varintBytes(body.length), Buffer.from(body)];
+}
+
+/** Reads one message's fields in order; a cursor over a byte range. */
+class Reader {
+  pos: number;
+  private readonly end: number;
+  private readonly buf: Uint8Array;
+
+  constructor(buf: Uint8Array, start = 0, end = buf.length) {
+    this.buf = buf;
+    this.pos = start;
+    this.end = end;
+  }
+
+  done(): boolean {
+    return this.pos >= this.end;
+  }
+
+  varint(): number {
+    let result = 0;
+    let factor = 1;
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.end) throw malformed('truncated varint');
+      const byte = this.buf[this.pos++]!;
+      result += (byte & 0x7f) * factor;
+      if ((byte & 0x80) === 0) {
+        if (result > Number.MAX_SAFE_INTEGER) throw malformed('varint too large');
+        return result;
+      }
+      factor *= 128;
+    }
+    throw malformed('varint longer than 10 bytes');
+  }
+
+  bytes(): Uint8Array {
+    const len = this.varint();
+    if (len > this.end - this.pos) throw malformed('length-delimited field runs past the end');
+    const out = this.buf.subarray(this.pos, this.pos + len);
+    this.pos += len;
+    return out;
+  }
+
+  skip(wireType: number): void {
+    switch (wireType) {
+      case WIRE_VARINT:
+        this.varint();
+        return;
+      case WIRE_I64:
+        this.advance(8);
+        return;
+      case WIRE_LEN:
+        this.bytes();
+        return;
+      case WIRE_I32:
+        this.advance(4);
+        return;
+      default:
+        throw malformed(`unsupported wire type ${wireType}`);
+    }
+  }
+
+  private advance(n: number): void {
+    if (n > this.end - this.pos) throw malformed('fixed-width field runs past the end');
+    this.pos += n;
+  }
+}
+
+function decodeString(raw: Uint8Array, field: string): string {
+  try {
+    return utf8.decode(raw);
+  } catch (cause) {
+    throw malformed(`field ${field} is not valid UTF-8`, cause);
+  }
+}
+
+function decodeMapEntry(raw: Uint8Array, field: string): [string, Buffer] {
+  const r = new Reader(raw);
+  let key = '';
+  let value: Buffer = Buffer.alloc(0);
+  while (!r.done()) {
+    const tag = r.varint();
+    const no = Math.floor(tag / 8);
+    const wire = tag & 7;
+    if (no === 1 && wire === WIRE_LEN) key = decodeString(r.bytes(), `${field}.key`);
+    else if (no === 2 && wire === WIRE_LEN) value = Buffer.from(r.bytes());
+    else r.skip(wire);
+  }
+  return [key, value];
+}
+
+function zeroValue(kind: FieldKind): unknown {
+  switch (kind) {
+    case 'string':
+      return '';
+    case 'bytes':
+      return Buffer.alloc(0);
+    case 'map<string,bytes>':
+      return {};
+    case 'enum':
+      return 0;
+  }
+}
+
+/** Builds the codec for one message from its field table. */
+export function defineMessage<S extends Schema>(name: string, schema: S): MessageCodec<S> {
+  const entries = Object.entries(schema).sort((a, b) => a[1].no - b[1].no);
+  const byNumber = new Map<number, [string, FieldSpec]>(entries.map(([f, s]) => [s.no, [f, s]]));
+
+  return {
+    name,
+    encode(message) {
+      const parts: Buffer[] = [];
+      const msg = message as Record<string, unknown>;
+      for (const [field, spec] of entries) {
+        const value = msg[field];
+        if (value === undefined) continue;
+        switch (spec.kind) {
+          case 'string': {
+            const s = value as string;
+            if (s.length > 0) parts.push(...lenDelimited(spec.no, Buffer.from(s, 'utf8')));
+            break;
+          }
+          case 'bytes': {
+            const b = value as Uint8Array;
+            if (b.length > 0) parts.push(...lenDelimited(spec.no, b));
+            break;
+          }
+          case 'map<string,bytes>': {
+            for (const [k, v] of Object.entries(value as Record<string, Uint8Array>)) {
+              const entry = Buffer.concat([
+                ...lenDelimited(1, Buffer.from(k, 'utf8')),
+                ...lenDelimited(2, v),
+              ]);
+              parts.push(...lenDelimited(spec.no, entry));
+            }
+            break;
+          }
+          case 'enum': {
+            const n = value as number;
+            if (!Number.isInteger(n) || n < 0) throw new RangeError(`${name}.${field}: bad enum ${n}`);
+            if (n !== 0) parts.push(varintBytes((spec.no << 3) | WIRE_VARINT), varintBytes(n));
+            break;
+          }
+        }
+      }
+      return Buffer.concat(parts);
+    },
+
+    decode(data) {
+      const out: Record<string, unknown> = {};
+      for (const [field, spec] of entries) out[field] = zeroValue(spec.kind);
+      const r = new Reader(data);
+      while (!r.done()) {
+        const tag = r.varint();
+        const no = Math.floor(tag / 8);
+        const wire = tag & 7;
+        if (no === 0) throw malformed(`${name}: field number 0`);
+        const known = byNumber.get(no);
+        if (!known) {
+          r.skip(wire);
+          continue;
+        }
+        const [field, spec] = known;
+        const expectedWire = spec.kind === 'enum' ? WIRE_VARINT : WIRE_LEN;
+        if (wire !== expectedWire) throw malformed(`${name}.${field}: wrong wire type ${wire}`);
+        switch (spec.kind) {
+          case 'string':
+            out[field] = decodeString(r.bytes(), `${name}.${field}`);
+            break;
+          case 'bytes':
+            out[field] = Buffer.from(r.bytes());
+            break;
+          case 'map<string,bytes>': {
+            const [k, v] = decodeMapEntry(r.bytes(), `${name}.${field}`);
+            (out[field] as Record<string, Buffer>)[k] = v;
+            break;
+          }
+          case 'enum':
+            out[field] = r.varint();
+            break;
+        }
+      }
+      return out as MessageOf<S>;
+    },
+  };
+}
