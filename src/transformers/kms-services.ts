@@ -1,0 +1,34 @@
+// What the kms v1 and kms v2 formats need from a KMS plugin, as plain async functions. Implemented by
+// src/kms-client/ over a UNIX socket (and by tests); the formats never see gRPC.
+
+/** KMS v1beta1: the plugin's Encrypt/Decrypt (the client does its Version check itself). */
+export interface KmsV1Service {
+  encrypt(plain: Uint8Array): Promise<Buffer>;
+  decrypt(cipher: Uint8Array): Promise<Buffer>;
+}
+
+export interface KmsV2Status {
+  readonly version: string;
+  readonly healthz: string;
+  readonly keyID: string;
+}
+
+export interface KmsV2EncryptResult {
+  readonly ciphertext: Buffer;
+  readonly keyID: string;
+  readonly annotations: Readonly<Record<string, Buffer>>;
+}
+
+export interface KmsV2DecryptRequest {
+  readonly ciphertext: Uint8Array;
+  readonly uid: string;
+  readonly keyID: string;
+  readonly annotations: Readonly<Record<string, Uint8Array>>;
+}
+
+/** KMS v2: Status, Encrypt (of a 32-byte seed) and Decrypt, each with the caller's uid. */
+export interface KmsV2Service {
+  status(): Promise<KmsV2Status>;
+  encrypt(plaintext: Uint8Array, uid: string): Promise<KmsV2EncryptResult>;
+  decrypt(request: KmsV2DecryptRequest): Promise<Buffer>;
+}
