@@ -35,6 +35,7 @@ export type ErrorCode =
   | 'ERR_KMS_CALL_FAILED'
   | 'ERR_KMS_VERSION'
   | 'ERR_KMS_STATE'
+  | 'ERR_KMS_RESPONSE_INVALID'
   // etcd and the API
   | 'ERR_ETCD'
   | 'ERR_ETCD_CONFLICT'

@@ -24,6 +24,23 @@ export interface UnwrapRequest {
 export interface WrapRequest {
   readonly plaintext: Uint8Array;
   readonly uid?: string;
+  /**
+   * True for v2 Encrypt (whose annotations are stored and given back on Decrypt): the backend may
+   * then carry non-secret data in annotations rather than in the ciphertext. Absent/false for v1beta1.
+   */
+  readonly annotationsAllowed?: boolean;
+}
+
+/** A remote backend's latest view of its key manager, for /healthz, /readyz and v2 Status. */
+export interface BackendHealth {
+  readonly ok: boolean;
+  /** Set when not ok: decides liveness (never for user-induced/throttled), metrics and the message. */
+  readonly kind?: 'user-induced' | 'throttled' | 'unavailable' | 'corruption' | 'other';
+  /** Something an operator can act on; never a secret. */
+  readonly message: string;
+  /** When the key manager last answered (ms since the epoch), if ever. */
+  readonly lastSuccessMs?: number;
+  readonly checkedAtMs?: number;
 }
 
 export interface KeyBackend {
@@ -36,4 +53,6 @@ export interface KeyBackend {
   /** Re-read keys or configuration (SIGHUP). A failure leaves the previous keys in service. */
   reload(): Promise<void>;
   close(): Promise<void>;
+  /** Remote backends: the key manager's latest state, kept by a background refresh. Cheap, no I/O. */
+  health?(): BackendHealth;
 }

@@ -1,10 +1,171 @@
-// `atrest decrypt` (placeholder: registered by main.ts; replaced by its implementation).
+// `atrest decrypt`: print stored objects decrypted and decoded, from a live etcd, from an etcd
+// snapshot file (disaster recovery: no etcd needed), or from a value someone already extracted.
+// Secret data is REDACTED unless --show-secret-data.
 
-import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+import { Option, type Command } from 'commander';
+import { stringify } from 'yaml';
+import { AtrestError } from '../errors.js';
+import type { KeyValue } from '../etcd/client.js';
+import { decryptAll, decryptValue, type DecryptResult } from '../etcd/decrypt.js';
+import { createSelection, type Selection } from '../etcd/selection.js';
+import { readSnapshot } from '../etcd/snapshot.js';
+import { createMemorySource, type KeyValueSource } from '../etcd/source.js';
+import { EXIT_FINDINGS } from './exit.js';
+import {
+  addEncryptionConfigOption,
+  addEtcdOptions,
+  createEtcdClient,
+  etcdPrefixOf,
+  parseResources,
+  usageError,
+  type EtcdFlags,
+} from './etcd-flags.js';
+import { openEncryption } from './kms-dial.js';
+import { renderJson } from './output.js';
+
+interface DecryptFlags extends EtcdFlags {
+  readonly encryptionConfig: string;
+  readonly etcdKey?: string;
+  readonly all?: boolean;
+  readonly resource?: string;
+  readonly snapshot?: string;
+  readonly valueFile?: string;
+  readonly output: string;
+  readonly showSecretData?: boolean;
+}
+
+type DecryptOutput = 'yaml' | 'json' | 'raw';
+
+function parseDecryptOutput(s: string): DecryptOutput {
+  if (s === 'yaml' || s === 'json' || s === 'raw') return s;
+  throw usageError('--output', `unknown format "${s}" (yaml, json or raw)`);
+}
+
+function describeFailure(r: Extract<DecryptResult, { ok: false }>): string {
+  return `${r.key}: cannot decrypt (stored as ${r.stored}; tried ${r.providersTried.join(', ') || 'no provider'}): ${r.reason}`;
+}
+
+function record(r: DecryptResult): Record<string, unknown> {
+  if (!r.ok) {
+    return { key: r.key, resource: r.resource, stored: r.stored, error: r.reason, providersTried: r.providersTried };
+  }
+  return { key: r.key, resource: r.resource, stored: r.stored, stale: r.stale, encoding: r.encoding, object: r.object };
+}
+
+function yamlDoc(r: DecryptResult): string {
+  if (!r.ok) return `# ${describeFailure(r)}\n`;
+  return `# ${r.key} (stored as ${r.stored}${r.stale ? ', stale' : ''}; ${r.encoding})\n${stringify(r.object)}`;
+}
+
+async function readValueFile(path: string): Promise<Buffer> {
+  if (path !== '-') return readFileSync(path);
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
 
 export function registerDecrypt(program: Command): void {
-
-  program.command('decrypt').description('not implemented yet').action(() => {
-    throw new Error('atrest decrypt is not implemented yet');
+  const cmd = program
+    .command('decrypt')
+    .description(
+      'print stored objects decrypted and decoded (Secret data redacted unless --show-secret-data), ' +
+        'from etcd, an etcd snapshot (--snapshot) or an extracted value (--value-file)',
+    );
+  addEncryptionConfigOption(cmd);
+  cmd
+    .option('--etcd-key <key>', 'one etcd key, e.g. /registry/secrets/default/db-password')
+    .option('--all', 'every selected key (with --resource, or the resources the config names)')
+    .option('--resource <list>', 'with --all: resources to print (secrets,configmaps,...)')
+    .option('--snapshot <file>', 'read an etcd snapshot file (etcdctl snapshot save) instead of a live etcd')
+    .option('--value-file <file>', 'decrypt this raw stored value (- for stdin); needs --etcd-key for its authenticated data')
+    .addOption(new Option('-o, --output <format>', 'yaml, json, or raw (the decrypted bytes; one key only)').default('yaml'))
+    .option('--show-secret-data', 'print Secret data instead of REDACTED');
+  addEtcdOptions(cmd);
+  cmd.action(async (flags: DecryptFlags) => {
+    const output = parseDecryptOutput(flags.output);
+    if ((flags.etcdKey === undefined) === (flags.all !== true)) {
+      throw usageError('--etcd-key', 'give either --etcd-key KEY or --all');
+    }
+    if (flags.resource !== undefined && !flags.all) throw usageError('--resource', 'only with --all');
+    if (flags.valueFile !== undefined && flags.etcdKey === undefined) {
+      throw usageError('--value-file', 'needs --etcd-key: the key is the authenticated data of aesgcm and kms values');
+    }
+    if (flags.valueFile !== undefined && flags.snapshot !== undefined) {
+      throw usageError('--value-file', 'use either --value-file or --snapshot');
+    }
+    if (output === 'raw' && flags.all) throw usageError('--output', 'raw prints one value: use it with --etcd-key');
+    const etcdPrefix = etcdPrefixOf(flags);
+    const enc = await openEncryption({ configPath: flags.encryptionConfig, etcdPrefix, mode: 'read' });
+    const showSecretData = flags.showSecretData === true;
+    const client = flags.snapshot === undefined && flags.valueFile === undefined ? createEtcdClient(flags) : undefined;
+    try {
+      for (const w of enc.warnings) process.stderr.write(`warning: ${w}\n`);
+      const options = { policies: enc.policies, showSecretData };
+      if (flags.etcdKey !== undefined) {
+        const key = Buffer.from(flags.etcdKey, 'utf8');
+        let kv: KeyValue | undefined;
+        if (flags.valueFile !== undefined) {
+          kv = { key, value: await readValueFile(flags.valueFile), createRevision: 0, modRevision: 0, version: 0 };
+        } else if (flags.snapshot !== undefined) {
+          kv = readSnapshot(flags.snapshot, { filter: (k) => k.equals(key) })[0];
+        } else {
+          kv = await client!.get(key);
+        }
+        if (kv === undefined) {
+          throw new AtrestError('ERR_ETCD', `key ${flags.etcdKey} not found${flags.snapshot ? ` in ${flags.snapshot}` : ''}`);
+        }
+        const r = await decryptValue(kv, options);
+        if (!r.ok) {
+          process.stderr.write(`atrest: ${describeFailure(r)}\n`);
+          process.exitCode = EXIT_FINDINGS;
+          return;
+        }
+        if (output === 'raw') {
+          if (r.object.kind === 'Secret' && !showSecretData) {
+            throw usageError('--output', 'raw output of a Secret contains its data: add --show-secret-data');
+          }
+          process.stdout.write(r.plaintext);
+        } else {
+          process.stdout.write(output === 'json' ? renderJson(record(r)) : yamlDoc(r));
+        }
+        return;
+      }
+      const resources = parseResources(flags.resource);
+      const selection: Selection = createSelection({
+        etcdPrefix,
+        config: enc.config,
+        ...(resources ? { resources } : {}),
+      });
+      let source: KeyValueSource;
+      if (flags.snapshot !== undefined) {
+        const inRanges = (k: Buffer): boolean =>
+          selection.ranges.some((r) => Buffer.compare(k, r.start) >= 0 && Buffer.compare(k, r.end) < 0);
+        source = createMemorySource(readSnapshot(flags.snapshot, { filter: inRanges }));
+      } else {
+        source = client!;
+      }
+      let failures = 0;
+      let first = true;
+      if (output === 'json') process.stdout.write('[');
+      for await (const r of decryptAll(source, selection, options)) {
+        if (!r.ok) {
+          failures++;
+          process.stderr.write(`atrest: ${describeFailure(r)}\n`);
+        }
+        if (output === 'json') {
+          process.stdout.write(`${first ? '\n' : ',\n'}${JSON.stringify(record(r), null, 2)}`);
+        } else {
+          process.stdout.write(`${first ? '' : '---\n'}${yamlDoc(r)}`);
+        }
+        first = false;
+      }
+      if (output === 'json') process.stdout.write(first ? ']\n' : '\n]\n');
+      if (failures > 0) process.exitCode = EXIT_FINDINGS;
+    } finally {
+      await client?.close();
+      await enc.close();
+    }
   });
 }
+

@@ -1,10 +1,248 @@
-// `atrest serve` (placeholder: registered by main.ts; replaced by its implementation).
+// `atrest serve`: the KMS plugin. Composes the key backend (backend-factory.ts), the KMS service and
+// its gRPC adapter on the UNIX socket (src/kms/), the health/metrics listener (src/health/), JSON logs
+// on stderr, and the signals: SIGHUP reloads keys, SIGTERM/SIGINT shut down cleanly and exit 0.
 
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
+import { AtrestError } from '../errors.js';
+import { createJsonLogger, isLogLevel, type Logger, type LogLevel } from '../logger.js';
+import { parseUnixEndpoint } from '../grpc/endpoint.js';
+import { grpcCodeName } from '../grpc/status.js';
+import { createKmsService } from '../kms/service.js';
+import { startKmsServer, type KmsServer } from '../kms/server.js';
+import { parseSocketMode, resolveGroup, socketExists, DEFAULT_SOCKET_MODE } from '../kms/socket.js';
+import { createPluginMetrics } from '../health/plugin-metrics.js';
+import {
+  DEFAULT_HEALTH_LISTEN,
+  parseHealthListen,
+  startHealthServer,
+  type HealthServer,
+} from '../health/server.js';
+import { addBackendOptions, createBackend } from './backend-factory.js';
+import { DEV_KEYRING, DEV_LISTEN, devBanner, ensureDevKeyring } from './dev.js';
+
+interface ServeFlags {
+  readonly listen?: string;
+  readonly backend: string;
+  readonly keyring?: string;
+  readonly socketMode: string;
+  readonly socketGroup?: string;
+  readonly healthListen: string;
+  readonly logLevel: string;
+  readonly shutdownGrace: string;
+  readonly selfTestInterval: string;
+  readonly dev: boolean;
+  readonly [flag: string]: unknown;
+}
+
+function seconds(flag: string, text: string): number {
+  const n = Number(text.replace(/s$/, ''));
+  if (!Number.isFinite(n) || n <= 0) {
+    throw new AtrestError('ERR_CONFIG_INVALID', `${flag} "${text}" is not a positive number of seconds`);
+  }
+  return n * 1000;
+}
 
 export function registerServe(program: Command, version: string): void {
-  void version;
-  program.command('serve').description('not implemented yet').action(() => {
-    throw new Error('atrest serve is not implemented yet');
+  const serve = program
+    .command('serve')
+    .description('run the KMS plugin (v1beta1 and v2 on one UNIX socket) for kube-apiserver')
+    .option('--listen <endpoint>', 'socket endpoint, unix:///PATH or unix:///@abstract-name')
+    .option('--socket-mode <mode>', 'permission bits of the socket (octal)', '0600')
+    .option('--socket-group <group>', 'group (name or gid) to own the socket, for a non-root kube-apiserver')
+    .option(
+      '--health-listen <host:port>',
+      '/livez /healthz /readyz /metrics listener, or "off"',
+      DEFAULT_HEALTH_LISTEN,
+    )
+    .addOption(
+      new Option('--log-level <level>', 'JSON log level on stderr')
+        .choices(['debug', 'info', 'warn', 'error'])
+        .default('info'),
+    )
+    .option('--shutdown-grace <seconds>', 'how long in-flight calls may finish on SIGTERM', '5')
+    .option('--self-test-interval <seconds>', 'period of the background wrap/unwrap self-test', '30')
+    .option(
+      '--dev',
+      `development quick start: creates ${DEV_KEYRING} on first run, listens on ${DEV_LISTEN}`,
+      false,
+    );
+  addBackendOptions(serve).action(async (flags: ServeFlags) => {
+    await runServe(flags, version);
   });
+}
+
+async function runServe(flags: ServeFlags, version: string): Promise<void> {
+  const level: LogLevel = isLogLevel(flags.logLevel) ? flags.logLevel : 'info';
+  const logger = createJsonLogger((line) => process.stderr.write(line), level);
+
+  let listen = flags.listen;
+  let keyringFlags: Record<string, unknown> = {};
+  let devKeyring: { path: string; created: boolean } | undefined;
+  if (flags.dev) {
+    listen ??= DEV_LISTEN;
+    if (flags.backend === 'keyring' && flags.keyring === undefined) {
+      devKeyring = await ensureDevKeyring();
+      keyringFlags = { keyring: devKeyring.path };
+    }
+  }
+  if (listen === undefined) {
+    throw new AtrestError('ERR_CONFIG_INVALID', 'serve needs --listen unix:///PATH (or --dev)');
+  }
+  const endpoint = parseUnixEndpoint(listen);
+  const socketMode = flags.socketMode === undefined ? DEFAULT_SOCKET_MODE : parseSocketMode(flags.socketMode);
+  const socketGid = flags.socketGroup === undefined ? undefined : await resolveGroup(flags.socketGroup);
+  const health = parseHealthListen(flags.healthListen);
+  const graceMs = seconds('--shutdown-grace', flags.shutdownGrace);
+  const selfTestIntervalMs = seconds('--self-test-interval', flags.selfTestInterval);
+
+  const backend = await createBackend(flags.backend, { flags: { ...flags, ...keyringFlags }, logger });
+  const metrics = createPluginMetrics({ version, backend: backend.name });
+  const service = createKmsService({
+    backend,
+    version,
+    logger,
+    observer: metrics,
+    selfTestIntervalMs,
+  });
+  await service.start();
+
+  let kms: KmsServer;
+  try {
+    kms = await startKmsServer({
+      endpoint,
+      service,
+      logger,
+      socketMode,
+      ...(socketGid === undefined ? {} : { socketGid }),
+      onCall: (r) => metrics.recordCall(r.method, grpcCodeName(r.code), r.durationSeconds),
+    });
+  } catch (err) {
+    service.stop();
+    await backend.close();
+    throw err;
+  }
+  let socketBound = true;
+
+  let healthServer: HealthServer | undefined;
+  if (health !== undefined) {
+    try {
+      healthServer = await startHealthServer({
+        ...health,
+        logger,
+        metrics: () => metrics.registry.render(),
+        checks: [
+          {
+            name: 'socket',
+            check: async () =>
+              !socketBound
+                ? 'not listening'
+                : (await socketExists(endpoint))
+                  ? undefined
+                  : `socket ${endpoint.path} was removed`,
+          },
+          {
+            name: `${backend.name}-loaded`,
+            check: async () => ((await backend.currentKeyID()) === '' ? 'no active key' : undefined),
+          },
+          {
+            name: 'self-test',
+            check: () => {
+              const s = service.selfTestState();
+              return s.healthy ? undefined : s.reason;
+            },
+          },
+        ],
+      });
+    } catch (err) {
+      service.stop();
+      await kms.close(0);
+      await backend.close();
+      throw err;
+    }
+  }
+
+  const activeKeyID = await backend.currentKeyID();
+  if (flags.dev) {
+    process.stdout.write(
+      devBanner({
+        endpoint: listen,
+        socketPath: endpoint.path,
+        keyringPath: devKeyring?.path ?? String(flags.keyring),
+        keyringCreated: devKeyring?.created ?? false,
+        activeKeyID,
+        health: healthServer === undefined ? undefined : `${healthServer.host}:${healthServer.port}`,
+      }),
+    );
+  }
+
+  installSignals({
+    logger,
+    reload: async () => {
+      try {
+        await service.reload();
+        metrics.keyringReload(true);
+        logger.info('reloaded keys', { backend: backend.name, activeKeyID: await backend.currentKeyID() });
+      } catch (err) {
+        metrics.keyringReload(false);
+        logger.error('reload failed; the previously loaded keys stay in service', {
+          backend: backend.name,
+          error: err instanceof Error ? err.message : String(err),
+        });
+      }
+    },
+    shutdown: async (signal) => {
+      logger.info('shutting down', { signal, graceMs });
+      service.stop();
+      socketBound = false;
+      await kms.close(graceMs);
+      await healthServer?.close();
+      await backend.close();
+      logger.info('stopped', { signal });
+    },
+    hardDeadlineMs: graceMs + 5_000,
+  });
+  logger.info('serving', {
+    endpoint: listen,
+    socket: endpoint.path,
+    backend: backend.name,
+    activeKeyID,
+    health: healthServer === undefined ? 'off' : `${healthServer.host}:${healthServer.port}`,
+    version,
+    development: flags.dev,
+  });
+}
+
+function installSignals(options: {
+  readonly logger: Logger;
+  readonly reload: () => Promise<void>;
+  readonly shutdown: (signal: string) => Promise<void>;
+  readonly hardDeadlineMs: number;
+}): void {
+  let reloading: Promise<void> = Promise.resolve();
+  let stopping = false;
+  process.on('SIGHUP', () => {
+    if (stopping) return;
+    reloading = reloading.then(options.reload);
+  });
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      options.logger.warn('second signal: exiting now', { signal });
+      process.exit(1);
+    }
+    stopping = true;
+    const deadline = setTimeout(() => {
+      options.logger.error('shutdown did not finish in time; exiting', { signal });
+      process.exit(1);
+    }, options.hardDeadlineMs);
+    deadline.unref();
+    options
+      .shutdown(signal)
+      .then(() => process.exit(0))
+      .catch((err: unknown) => {
+        options.logger.error('shutdown failed', { error: err instanceof Error ? err.message : String(err) });
+        process.exit(1);
+      });
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
 }

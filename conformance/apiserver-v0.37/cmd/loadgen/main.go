@@ -1,0 +1,180 @@
+// Command loadgen drives a KMS v2 plugin with the API server's own v2 gRPC client
+// (k8s.io/apiserver kmsv2.NewGRPCService) and prints one JSON line of results. It is the load generator
+// of bench/conformance.bench.sh and treats every plugin alike.
+//
+// Each iteration is the pair of calls the API server makes per DEK: Encrypt(32 random bytes) then
+// Decrypt of the answer; the latency of every single RPC is recorded. Closed loop (-rate 0): -concurrency
+// workers call back to back. Open loop (-rate R): calls are scheduled R per second and latency counts
+// from the scheduled start, so a stalled server is not hidden by the generator waiting for it.
+// With -pid, the server's CPU time (utime+stime from /proc/PID/stat, all threads) is read before and after.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2"
+	"k8s.io/klog/v2"
+	kmsservice "k8s.io/kms/pkg/service"
+)
+
+type result struct {
+	Concurrency  int     `json:"concurrency"`
+	Rate         int     `json:"rate"`
+	RPCs         int     `json:"rpcs"`
+	Errors       int64   `json:"errors"`
+	Seconds      float64 `json:"seconds"`
+	RPCPerSec    float64 `json:"rpc_per_sec"`
+	P50ms        float64 `json:"p50_ms"`
+	P99ms        float64 `json:"p99_ms"`
+	CPUSeconds   float64 `json:"server_cpu_s"`
+	CPUPer10kRPC float64 `json:"server_cpu_s_per_10k_rpc"`
+}
+
+func main() {
+	endpoint := flag.String("endpoint", "", "unix:///path of the plugin socket")
+	concurrency := flag.Int("concurrency", 1, "concurrent workers")
+	duration := flag.Duration("duration", 5*time.Second, "measured duration")
+	warmup := flag.Duration("warmup", time.Second, "unmeasured warm-up before the measurement")
+	rate := flag.Int("rate", 0, "RPCs per second (0 = closed loop, as fast as the workers go)")
+	pid := flag.Int("pid", 0, "server process whose CPU time is measured")
+	flag.Parse()
+	klog.LogToStderr(false)
+	if *endpoint == "" {
+		fmt.Fprintln(os.Stderr, "loadgen: -endpoint is required")
+		os.Exit(2)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc, err := kmsv2.NewGRPCService(ctx, *endpoint, "loadgen", 3*time.Second)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+	if *warmup > 0 {
+		run(svc, *concurrency, *rate, *warmup)
+	}
+	cpuBefore := cpuSeconds(*pid)
+	lat, errs, elapsed := run(svc, *concurrency, *rate, *duration)
+	cpu := cpuSeconds(*pid) - cpuBefore
+
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	r := result{Concurrency: *concurrency, Rate: *rate, RPCs: len(lat), Errors: errs, Seconds: elapsed.Seconds()}
+	if len(lat) > 0 {
+		r.RPCPerSec = float64(len(lat)) / elapsed.Seconds()
+		r.P50ms = ms(lat[len(lat)*50/100])
+		r.P99ms = ms(lat[len(lat)*99/100])
+		if *pid > 0 {
+			r.CPUSeconds = cpu
+			r.CPUPer10kRPC = cpu / float64(len(lat)) * 10000
+		}
+	}
+	out, _ := json.Marshal(r)
+	fmt.Println(string(out))
+	if errs > 0 {
+		os.Exit(1)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// run returns every RPC's latency, the error count and the wall time.
+func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time.Duration, int64, time.Duration) {
+	var (
+		mu   sync.Mutex
+		all  []time.Duration
+		errs atomic.Int64
+		wg   sync.WaitGroup
+	)
+	start := time.Now()
+	stop := start.Add(d)
+	// Open loop: a slot per RPC pair at start + i/rate*2 (each slot is an Encrypt and a Decrypt).
+	var slots chan time.Time
+	if rate > 0 {
+		slots = make(chan time.Time, 1<<16)
+		go func() {
+			defer close(slots)
+			interval := time.Duration(float64(time.Second) * 2 / float64(rate))
+			for i := 0; ; i++ {
+				at := start.Add(time.Duration(i) * interval)
+				if at.After(stop) {
+					return
+				}
+				time.Sleep(time.Until(at))
+				slots <- at
+			}
+		}()
+	}
+	for w := 0; w < concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 4096)
+			plain := make([]byte, 32)
+			for {
+				var scheduled time.Time
+				if slots != nil {
+					at, ok := <-slots
+					if !ok {
+						break
+					}
+					scheduled = at
+				} else {
+					if time.Now().After(stop) {
+						break
+					}
+					scheduled = time.Now()
+				}
+				_, _ = rand.Read(plain)
+				ctx := context.Background()
+				res, err := svc.Encrypt(ctx, "6f1d3c2b-0a9e-4f8d-b7c6-5e4d3c2b1a09", plain)
+				encDone := time.Now()
+				local = append(local, encDone.Sub(scheduled))
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				_, err = svc.Decrypt(ctx, "0a9e4f8d-b7c6-4e4d-9c2b-1a096f1d3c2b", &kmsservice.DecryptRequest{
+					Ciphertext: res.Ciphertext, KeyID: res.KeyID, Annotations: res.Annotations,
+				})
+				// In open loop the Decrypt is due as soon as its Encrypt answered.
+				local = append(local, time.Since(encDone))
+				if err != nil {
+					errs.Add(1)
+				}
+			}
+			mu.Lock()
+			all = append(all, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return all, errs.Load(), time.Since(start)
+}
+
+// cpuSeconds reads utime+stime (fields 14 and 15, clock ticks of 1/100 s on Linux) of a process.
+func cpuSeconds(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen: read server CPU:", err)
+		os.Exit(1)
+	}
+	// The command name (field 2) may contain spaces; fields after it start past the last ')'.
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The conformance suite of `npm test`: runs every Go harness module's tests against the plugin.
+#   apiserver-v0.37  KMS clients, transformers and health probes of k8s.io/apiserver v0.37.2
+#   apiserver-v0.30  the same scenarios with k8s.io/apiserver v0.30.14 (different :authority on the wire)
+#   oldclient        a v1beta1 client on google.golang.org/grpc v1.27.1 (raw socket path as :authority)
+# The plugin defaults to `node dist/src/cli/main.js` (built by `npx tsc -p .`); set ATREST_CMD to test
+# another build or the reference plugin. Extra arguments go to `go test` (e.g. -run TestKeyRotation).
+# Exits non-zero if any module fails; every module runs regardless.
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+command -v go >/dev/null 2>&1 || { echo "conformance: Go not found; run scripts/setup/50-go-conformance.sh" >&2; exit 1; }
+
+if [ -z "${ATREST_CMD:-}" ]; then
+  main="$root/dist/src/cli/main.js"
+  [ -f "$main" ] || { echo "conformance: $main missing; build with npx tsc -p . first" >&2; exit 1; }
+  ATREST_CMD="node $main"
+fi
+export ATREST_CMD
+export GOFLAGS="${GOFLAGS:--mod=readonly}"
+
+failed=()
+for m in apiserver-v0.37 apiserver-v0.30 oldclient; do
+  echo "--- conformance/$m (plugin: $ATREST_CMD)"
+  if ! (cd "$root/conformance/$m" && go test -count=1 -timeout 10m -v "$@" ./...); then
+    failed+=("$m")
+  fi
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "conformance: FAILED in ${failed[*]}"
+  exit 1
+fi
+echo "conformance: all modules passed"

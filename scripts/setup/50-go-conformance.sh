@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Prepares the Go conformance harness (conformance/, run by conformance/run.sh): downloads the modules of
+# every harness module (k8s.io/apiserver v0.37 and v0.30 lines, the grpc-go v1.27 old client) so the test
+# step is not network-bound, precompiles their tests into Go's build cache, and builds the reference Go
+# plugin and the load generator of the benchmark into $ATREST_CACHE_BIN (keyed by source hash).
+# Idempotent: with caches warm a rerun takes a few seconds. Needs Go >= 1.21 (newer toolchains named in
+# go.mod are fetched by Go itself from the module proxy); with no Go at all it fetches the toolchain module.
+set -euo pipefail
+
+GO_TOOLCHAIN=go1.26.8
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+bin="${ATREST_CACHE_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/atrest/bin}"
+mkdir -p "$bin"
+
+if ! command -v go >/dev/null 2>&1; then
+  if [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  elif [ -x "$bin/go-$GO_TOOLCHAIN/bin/go" ]; then
+    export PATH="$bin/go-$GO_TOOLCHAIN/bin:$PATH"
+  else
+    # The Go toolchain is published as a module (golang.org/toolchain) on the Go module proxy.
+    echo "50-go-conformance: Go not found; fetching $GO_TOOLCHAIN from the Go module proxy" >&2
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    curl -fsSL -o "$tmp/go.zip" "https://proxy.golang.org/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-amd64.zip"
+    (cd "$tmp" && python3 -m zipfile -e go.zip x)
+    mv "$tmp/x/golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-amd64" "$bin/go-$GO_TOOLCHAIN"
+    chmod -R u+x "$bin/go-$GO_TOOLCHAIN/bin" "$bin/go-$GO_TOOLCHAIN/pkg/tool"
+    export PATH="$bin/go-$GO_TOOLCHAIN/bin:$PATH"
+  fi
+fi
+echo "50-go-conformance: $(go version)"
+
+for m in harness apiserver-v0.37 apiserver-v0.30 oldclient refplugin; do
+  (cd "$root/conformance/$m" && GOFLAGS=-mod=readonly go mod download)
+done
+# Compile (not run) every test package so `npm test` only links and runs them.
+for m in apiserver-v0.37 apiserver-v0.30 oldclient; do
+  (cd "$root/conformance/$m" && GOFLAGS=-mod=readonly go test -count=1 -run '^$' ./... >/dev/null)
+done
+
+# shellcheck source=../../conformance/tools.sh
+. "$root/conformance/tools.sh"
+conformance_build_tools
+echo "50-go-conformance: modules ready; $REFPLUGIN and $LOADGEN built"

@@ -1,0 +1,52 @@
+// Builds the key backend `atrest serve --backend NAME` asks for. To add a backend: declare its flags
+// in addBackendOptions() and add one entry to BACKENDS; nothing else in serve needs to change.
+
+import { Option, type Command } from 'commander';
+import { AtrestError } from '../errors.js';
+import type { KeyBackend } from '../backends/backend.js';
+import type { Logger } from '../logger.js';
+import { createKeyringBackend } from '../backends/keyring.js';
+
+/** Every serve flag as commander parsed it (backend-specific flags included). */
+export type BackendFlags = Readonly<Record<string, unknown>>;
+
+export interface BackendContext {
+  readonly flags: BackendFlags;
+  readonly logger: Logger;
+}
+
+export type BackendFactory = (context: BackendContext) => Promise<KeyBackend>;
+
+function requireString(flags: BackendFlags, name: string, flag: string, backend: string): string {
+  const v = flags[name];
+  if (typeof v !== 'string' || v === '') {
+    throw new AtrestError('ERR_CONFIG_INVALID', `--backend ${backend} needs ${flag}`);
+  }
+  return v;
+}
+
+export const BACKENDS: Readonly<Record<string, BackendFactory>> = {
+  keyring: async ({ flags }) =>
+    createKeyringBackend({ path: requireString(flags, 'keyring', '--keyring FILE', 'keyring') }),
+};
+
+export function addBackendOptions(command: Command): Command {
+  return command
+    .addOption(
+      new Option('--backend <name>', 'key backend holding the key-encryption keys')
+        .choices(Object.keys(BACKENDS))
+        .default('keyring'),
+    )
+    .option('--keyring <file>', 'keyring file (keyring backend); create it with "atrest keys init"');
+}
+
+export async function createBackend(name: string, context: BackendContext): Promise<KeyBackend> {
+  const factory = BACKENDS[name];
+  if (factory === undefined) {
+    throw new AtrestError(
+      'ERR_CONFIG_INVALID',
+      `unknown backend "${name}" (one of ${Object.keys(BACKENDS).join(', ')})`,
+    );
+  }
+  return factory(context);
+}

@@ -1,0 +1,40 @@
+// The public surface of EncryptionConfiguration handling: parse/load, resolve, build.
+
+export { parseEncryptionConfiguration } from './parse.js';
+export { loadEncryptionConfiguration } from './load.js';
+export { validateEncryptionConfiguration, decodeStdBase64, AES_KEY_SIZES, SECRETBOX_KEY_SIZES } from './validate.js';
+export {
+  ETCD_PATH_RESOURCES,
+  formatGroupResource,
+  groupResourceForEtcdKey,
+  normalizeEtcdPrefix,
+  parseGroupResource,
+  resolveResource,
+} from './resolve.js';
+export type { GroupResource, ResolvedResource } from './resolve.js';
+export { buildTransformers } from './build.js';
+export type { BuildDeps, BuiltTransformers, Closable, KmsProviderHandle, WriteProvider } from './build.js';
+export { parseGoDuration } from './go-syntax.js';
+export {
+  API_VERSION,
+  createKey,
+  DEFAULT_KMS_API_VERSION,
+  DEFAULT_KMS_CACHESIZE,
+  DEFAULT_KMS_TIMEOUT,
+  KIND,
+  LEGACY_API_VERSION,
+  LEGACY_KIND,
+  providerType,
+} from './types.js';
+export type {
+  AESConfiguration,
+  ConfigOptions,
+  EncryptionConfiguration,
+  IdentityConfiguration,
+  Key,
+  KMSConfiguration,
+  ProviderConfiguration,
+  ProviderType,
+  ResourceConfiguration,
+  SecretboxConfiguration,
+} from './types.js';

@@ -1,0 +1,207 @@
+// The scan engine: walks the selected keys page by page (bounded memory) and classifies every value
+// — plaintext, or provider + key name / kms name + key_id — as current or stale against the
+// configuration, and with `decrypt` whether it really decrypts. Never writes.
+
+import { ProvidersFailedError } from '../transformers/prefix.js';
+import { describeStoredValue } from '../transformers/describe.js';
+import type { KeyValue } from './client.js';
+import { formatLabel, isCurrent, writeTargetLabel, type PolicyResolver, type ResourcePolicy } from './policy.js';
+import type { KeyRange, Selection } from './selection.js';
+import { mapPool, type KeyValueSource } from './source.js';
+
+export type FindingProblem = 'plaintext' | 'undecryptable';
+
+export interface ScanFinding {
+  readonly key: string;
+  readonly resource: string;
+  readonly problem: FindingProblem;
+  /** What the value looks like: `plaintext`, `aescbc/key1`, `kms-v2/plugin key_id=...`. */
+  readonly stored: string;
+  /** The providers that were tried (undecryptable values). */
+  readonly providersTried?: readonly string[];
+  readonly reason?: string;
+}
+
+export interface ResourceScan {
+  readonly resource: string;
+  readonly rule: string | null;
+  readonly mustEncrypt: boolean;
+  readonly writeProvider: string;
+  readonly providers: readonly string[];
+  keys: number;
+  plaintext: number;
+  encrypted: number;
+  current: number;
+  stale: number;
+  /** kms v2 values whose currency needs the plugin's key_id, which was not available. */
+  unknown: number;
+  /** Values that did not decrypt (with decrypt), or that no configured provider can read (without). */
+  undecryptable: number;
+  /** Stored shapes and how many values have each. */
+  readonly formats: Record<string, number>;
+}
+
+export interface ScanReport {
+  readonly decrypt: boolean;
+  readonly selection: string;
+  readonly resources: ResourceScan[];
+  readonly totals: {
+    keys: number;
+    plaintext: number;
+    encrypted: number;
+    current: number;
+    stale: number;
+    unknown: number;
+    undecryptable: number;
+  };
+  /** Plaintext where the config requires encryption, and undecryptable values (first maxFindings). */
+  readonly findings: ScanFinding[];
+  readonly findingsTotal: number;
+}
+
+export interface ScanOptions {
+  readonly source: KeyValueSource;
+  readonly selection: Selection;
+  readonly policies: PolicyResolver;
+  readonly decrypt?: boolean;
+  /** Parallel decryptions (they may each call a KMS plugin). */
+  readonly concurrency?: number;
+  readonly pageSize?: number;
+  /** Findings kept in the report; the total is always counted. Default 1000. */
+  readonly maxFindings?: number;
+  /** Only these ranges (default: the selection's). */
+  readonly ranges?: readonly KeyRange[];
+  readonly onProgress?: (scanned: number) => void;
+}
+
+export interface ValueClassification {
+  readonly stored: string;
+  readonly plaintext: boolean;
+  readonly state: 'current' | 'stale' | 'unknown' | 'undecryptable';
+  readonly providersTried?: readonly string[];
+  readonly reason?: string;
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The providers named by a failed read, in the order they were tried. */
+export function providersTried(err: unknown, policy: ResourcePolicy): string[] {
+  if (err instanceof ProvidersFailedError) return err.attempts.map((a) => a.description);
+  return [...policy.providers];
+}
+
+export async function classifyValue(
+  kv: KeyValue,
+  policy: ResourcePolicy,
+  decrypt: boolean,
+): Promise<ValueClassification> {
+  const info = describeStoredValue(kv.value);
+  const stored = formatLabel(info);
+  const plaintext = info.format === 'identity';
+  if (decrypt) {
+    try {
+      const r = await policy.transformer.transformFromStorage(kv.value, { authenticatedData: kv.key });
+      return { stored, plaintext, state: r.stale ? 'stale' : 'current' };
+    } catch (err) {
+      return {
+        stored,
+        plaintext,
+        state: 'undecryptable',
+        providersTried: providersTried(err, policy),
+        reason: messageOf(err),
+      };
+    }
+  }
+  if (!policy.canRead(info)) {
+    return {
+      stored,
+      plaintext,
+      state: 'undecryptable',
+      providersTried: [...policy.providers],
+      reason: 'no configured provider reads this prefix/key',
+    };
+  }
+  const current = isCurrent(info, policy.write);
+  return { stored, plaintext, state: current === undefined ? 'unknown' : current ? 'current' : 'stale' };
+}
+
+export async function scan(options: ScanOptions): Promise<ScanReport> {
+  const decrypt = options.decrypt === true;
+  const maxFindings = options.maxFindings ?? 1000;
+  const byResource = new Map<string, ResourceScan>();
+  const findings: ScanFinding[] = [];
+  let findingsTotal = 0;
+  let scanned = 0;
+
+  const summaryFor = (p: ResourcePolicy): ResourceScan => {
+    let s = byResource.get(p.resource);
+    if (!s) {
+      s = {
+        resource: p.resource,
+        rule: p.rule,
+        mustEncrypt: p.mustEncrypt,
+        writeProvider: writeTargetLabel(p.write),
+        providers: p.providers,
+        keys: 0,
+        plaintext: 0,
+        encrypted: 0,
+        current: 0,
+        stale: 0,
+        unknown: 0,
+        undecryptable: 0,
+        formats: {},
+      };
+      byResource.set(p.resource, s);
+    }
+    return s;
+  };
+
+  for (const range of options.ranges ?? options.selection.ranges) {
+    for await (const page of options.source.pages(range.start, range.end, {
+      pageSize: options.pageSize ?? 500,
+    })) {
+      const selected = page
+        .map((kv) => ({ kv, policy: options.policies.forKey(kv.key) }))
+        .filter((x) => options.selection.includes(x.policy));
+      const results = await mapPool(selected, options.concurrency ?? 8, ({ kv, policy }) =>
+        classifyValue(kv, policy, decrypt),
+      );
+      results.forEach((c, i) => {
+        const { kv, policy } = selected[i]!;
+        const s = summaryFor(policy);
+        s.keys++;
+        if (c.plaintext) s.plaintext++;
+        else s.encrypted++;
+        s.formats[c.stored] = (s.formats[c.stored] ?? 0) + 1;
+        if (c.state === 'undecryptable') s.undecryptable++;
+        else s[c.state]++;
+        let problem: FindingProblem | undefined;
+        if (c.plaintext && policy.mustEncrypt) problem = 'plaintext';
+        else if (c.state === 'undecryptable') problem = 'undecryptable';
+        if (problem) {
+          findingsTotal++;
+          if (findings.length < maxFindings) {
+            findings.push({
+              key: kv.key.toString('utf8'),
+              resource: policy.resource,
+              problem,
+              stored: c.stored,
+              ...(c.state === 'undecryptable' ? { providersTried: c.providersTried ?? [], reason: c.reason ?? '' } : {}),
+            });
+          }
+        }
+      });
+      scanned += page.length;
+      options.onProgress?.(scanned);
+    }
+  }
+
+  const resources = [...byResource.values()].sort((a, b) => a.resource.localeCompare(b.resource));
+  const totals = { keys: 0, plaintext: 0, encrypted: 0, current: 0, stale: 0, unknown: 0, undecryptable: 0 };
+  for (const r of resources) {
+    for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += r[k];
+  }
+  return { decrypt, selection: options.selection.label, resources, totals, findings, findingsTotal };
+}

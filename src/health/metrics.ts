@@ -1,0 +1,153 @@
+// A minimal Prometheus registry (counters, gauges, histograms) rendered in the text exposition
+// format 0.0.4. Label sets are fixed per metric and every label value comes from a bounded set chosen
+// by the caller (never a uid or a raw key id).
+
+type Labels = Readonly<Record<string, string>>;
+
+interface Metric {
+  render(): string;
+}
+
+function escapeLabel(v: string): string {
+  return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
+}
+
+function labelText(names: readonly string[], values: readonly string[], extra?: string): string {
+  const parts = names.map((n, i) => `${n}="${escapeLabel(values[i] ?? '')}"`);
+  if (extra !== undefined) parts.push(extra);
+  return parts.length === 0 ? '' : `{${parts.join(',')}}`;
+}
+
+function formatNumber(n: number): string {
+  if (n === Infinity) return '+Inf';
+  if (n === -Infinity) return '-Inf';
+  return Number.isInteger(n) ? String(n) : String(Number(n.toPrecision(12)));
+}
+
+function keyOf(names: readonly string[], labels: Labels): string[] {
+  const extra = Object.keys(labels).filter((k) => !names.includes(k));
+  if (extra.length > 0) throw new TypeError(`unexpected labels ${extra.join(',')}`);
+  return names.map((n) => labels[n] ?? '');
+}
+
+export interface Counter {
+  inc(labels?: Labels, by?: number): void;
+}
+
+export interface Gauge {
+  set(value: number, labels?: Labels): void;
+  /** Drops every series (used when a label value is replaced, e.g. the active key hash). */
+  reset(): void;
+}
+
+export interface Histogram {
+  observe(value: number, labels?: Labels): void;
+}
+
+export interface Registry {
+  counter(name: string, help: string, labelNames?: readonly string[]): Counter;
+  gauge(name: string, help: string, labelNames?: readonly string[]): Gauge;
+  /** `collect` is called at scrape time (e.g. process CPU seconds). */
+  gaugeFunc(name: string, help: string, collect: () => number): void;
+  counterFunc(name: string, help: string, collect: () => number): void;
+  histogram(name: string, help: string, buckets: readonly number[], labelNames?: readonly string[]): Histogram;
+  render(): string;
+}
+
+/** Seconds: 0.5 ms … 10 s, covering the 10 ms Decrypt / 100 ms Encrypt targets upstream names. */
+export const LATENCY_BUCKETS = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+] as const;
+
+export function createRegistry(): Registry {
+  const metrics: Metric[] = [];
+
+  function series(name: string, help: string, type: string, labelNames: readonly string[]) {
+    const values = new Map<string, { labels: string[]; value: number }>();
+    const header = `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`;
+    metrics.push({
+      render: () =>
+        header +
+        [...values.values()]
+          .map((s) => `${name}${labelText(labelNames, s.labels)} ${formatNumber(s.value)}\n`)
+          .join(''),
+    });
+    return {
+      get(labels: Labels) {
+        const key = keyOf(labelNames, labels);
+        const id = JSON.stringify(key);
+        let s = values.get(id);
+        if (s === undefined) {
+          s = { labels: key, value: 0 };
+          values.set(id, s);
+        }
+        return s;
+      },
+      clear: () => values.clear(),
+    };
+  }
+
+  return {
+    counter(name, help, labelNames = []) {
+      const s = series(name, help, 'counter', labelNames);
+      return {
+        inc(labels = {}, by = 1) {
+          s.get(labels).value += by;
+        },
+      };
+    },
+    gauge(name, help, labelNames = []) {
+      const s = series(name, help, 'gauge', labelNames);
+      return {
+        set(value, labels = {}) {
+          s.get(labels).value = value;
+        },
+        reset: s.clear,
+      };
+    },
+    gaugeFunc(name, help, collect) {
+      metrics.push({
+        render: () => `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name} ${formatNumber(collect())}\n`,
+      });
+    },
+    counterFunc(name, help, collect) {
+      metrics.push({
+        render: () => `# HELP ${name} ${help}\n# TYPE ${name} counter\n${name} ${formatNumber(collect())}\n`,
+      });
+    },
+    histogram(name, help, buckets, labelNames = []) {
+      const values = new Map<string, { labels: string[]; counts: number[]; sum: number; count: number }>();
+      metrics.push({
+        render() {
+          let out = `# HELP ${name} ${help}\n# TYPE ${name} histogram\n`;
+          for (const s of values.values()) {
+            buckets.forEach((le, i) => {
+              out += `${name}_bucket${labelText(labelNames, s.labels, `le="${formatNumber(le)}"`)} ${s.counts[i]}\n`;
+            });
+            out += `${name}_bucket${labelText(labelNames, s.labels, 'le="+Inf"')} ${s.count}\n`;
+            out += `${name}_sum${labelText(labelNames, s.labels)} ${formatNumber(s.sum)}\n`;
+            out += `${name}_count${labelText(labelNames, s.labels)} ${s.count}\n`;
+          }
+          return out;
+        },
+      });
+      return {
+        observe(value, labels = {}) {
+          const key = keyOf(labelNames, labels);
+          const id = JSON.stringify(key);
+          let s = values.get(id);
+          if (s === undefined) {
+            s = { labels: key, counts: buckets.map(() => 0), sum: 0, count: 0 };
+            values.set(id, s);
+          }
+          buckets.forEach((le, i) => {
+            if (value <= le) s.counts[i]! += 1;
+          });
+          s.sum += value;
+          s.count += 1;
+        },
+      };
+    },
+    render: () => metrics.map((m) => m.render()).join(''),
+  };
+}

@@ -1,0 +1,108 @@
+// The plugin's metrics: RPCs by service/method/code, RPC latency, key backend operations by outcome,
+// the self-test, the active key id as a sha256 hash only, build and process info. Every label value
+// comes from a fixed set; unknown gRPC methods are counted as service="unknown", method="unknown".
+
+import { createHash } from 'node:crypto';
+import { createRegistry, LATENCY_BUCKETS, type Registry } from './metrics.js';
+
+const KNOWN_METHOD = /^\/(v1beta1\.KeyManagementService|v2\.KeyManagementService)\/(Version|Status|Encrypt|Decrypt)$/;
+
+export interface PluginMetrics {
+  readonly registry: Registry;
+  /** One finished RPC (the transport's onCall). `code` is the gRPC code name, e.g. "OK". */
+  recordCall(method: string, code: string, durationSeconds: number): void;
+  backendOperation(operation: string, outcome: string, seconds: number): void;
+  selfTest(ok: boolean, atMs: number): void;
+  activeKeyID(keyID: string): void;
+  keyringReload(ok: boolean): void;
+}
+
+/** How kube-apiserver itself exposes key ids in metrics: "sha256:" + hex of SHA-256 of the id. */
+export function keyIDHash(keyID: string): string {
+  return 'sha256:' + createHash('sha256').update(keyID, 'utf8').digest('hex');
+}
+
+export function createPluginMetrics(build: {
+  readonly version: string;
+  readonly backend: string;
+  readonly startTimeMs?: number;
+}): PluginMetrics {
+  const registry = createRegistry();
+  const startSeconds = (build.startTimeMs ?? Date.now() - performance.now()) / 1000;
+  registry
+    .gauge('atrest_build_info', 'atrest build information; always 1.', ['version', 'node_version', 'backend'])
+    .set(1, { version: build.version, node_version: process.version, backend: build.backend });
+  const requests = registry.counter(
+    'atrest_grpc_requests_total',
+    'KMS gRPC calls handled, by service, method and gRPC status code.',
+    ['service', 'method', 'code'],
+  );
+  const latency = registry.histogram(
+    'atrest_grpc_request_duration_seconds',
+    'Time to answer a KMS gRPC call, by service and method.',
+    LATENCY_BUCKETS,
+    ['service', 'method'],
+  );
+  const backendOps = registry.counter(
+    'atrest_backend_operations_total',
+    'Key backend operations, by backend, operation (wrap, unwrap) and outcome (ok or the error kind).',
+    ['backend', 'operation', 'outcome'],
+  );
+  const backendLatency = registry.histogram(
+    'atrest_backend_operation_duration_seconds',
+    'Time taken by key backend operations.',
+    LATENCY_BUCKETS,
+    ['backend', 'operation'],
+  );
+  const selfTestOk = registry.gauge(
+    'atrest_self_test_healthy',
+    '1 if the latest background wrap/unwrap self-test passed, else 0.',
+  );
+  const selfTestLast = registry.gauge(
+    'atrest_self_test_last_success_timestamp_seconds',
+    'Unix time of the latest passing self-test.',
+  );
+  const selfTests = registry.counter('atrest_self_tests_total', 'Self-tests run, by outcome.', ['outcome']);
+  const activeKey = registry.gauge(
+    'atrest_active_key_id_info',
+    'The active key id, only as "sha256:<hex>" of the id; always 1.',
+    ['key_id_hash'],
+  );
+  const reloads = registry.counter('atrest_keyring_reloads_total', 'Key reloads (SIGHUP), by outcome.', [
+    'outcome',
+  ]);
+  registry.counterFunc('process_cpu_seconds_total', 'User and system CPU time spent, in seconds.', () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
+  });
+  registry.gaugeFunc('process_resident_memory_bytes', 'Resident memory size in bytes.', () => process.memoryUsage.rss());
+  registry.gaugeFunc('process_start_time_seconds', 'Start time of the process since the Unix epoch in seconds.', () =>
+    Math.round(startSeconds),
+  );
+
+  return {
+    registry,
+    recordCall(method, code, durationSeconds) {
+      const m = KNOWN_METHOD.exec(method);
+      const labels = { service: m?.[1] ?? 'unknown', method: m?.[2] ?? 'unknown' };
+      requests.inc({ ...labels, code });
+      latency.observe(durationSeconds, labels);
+    },
+    backendOperation(operation, outcome, seconds) {
+      backendOps.inc({ backend: build.backend, operation, outcome });
+      backendLatency.observe(seconds, { backend: build.backend, operation });
+    },
+    selfTest(ok, atMs) {
+      selfTestOk.set(ok ? 1 : 0);
+      selfTests.inc({ outcome: ok ? 'ok' : 'failed' });
+      if (ok) selfTestLast.set(Math.floor(atMs / 1000));
+    },
+    activeKeyID(keyID) {
+      activeKey.reset();
+      activeKey.set(1, { key_id_hash: keyIDHash(keyID) });
+    },
+    keyringReload(ok) {
+      reloads.inc({ outcome: ok ? 'ok' : 'failed' });
+    },
+  };
+}

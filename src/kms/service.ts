@@ -1,0 +1,351 @@
+// KmsService: the plugin's behaviour on plain types (v1beta1 Version/Encrypt/Decrypt, v2
+// Status/Encrypt/Decrypt) over one KeyBackend, plus the background wrap/unwrap self-test that makes
+// Status cheap. No gRPC here: server.ts decodes requests, calls this and maps errors to statuses.
+
+import { randomBytes } from 'node:crypto';
+import {
+  AtrestError,
+  BackendError,
+  DecryptionFailedError,
+  FormatInvalidError,
+  type BackendErrorKind,
+} from '../errors.js';
+import { bytesEqual } from '../bytes.js';
+import type { KeyBackend } from '../backends/backend.js';
+import { V1BETA1_API_VERSION } from '../proto/kms-v1beta1.js';
+import {
+  V2_ANNOTATIONS_MAX_BYTES,
+  V2_API_VERSION,
+  V2_CIPHERTEXT_MAX_BYTES,
+  V2_HEALTHZ_OK,
+  V2_KEY_ID_MAX_BYTES,
+} from '../proto/kms-v2.js';
+import type { Logger } from '../logger.js';
+
+export const RUNTIME_NAME = 'atrest';
+
+export type BackendOperation = 'wrap' | 'unwrap';
+/** ok, or the kind of failure: bounded, so it can be a metrics label. */
+export type BackendOutcome = 'ok' | BackendErrorKind;
+
+/** What the service reports to metrics; the CLI wires it to src/health/. */
+export interface KmsObserver {
+  backendOperation(operation: BackendOperation, outcome: BackendOutcome, seconds: number): void;
+  selfTest(ok: boolean, atMs: number): void;
+  activeKeyID(keyID: string): void;
+}
+
+export interface KmsServiceOptions {
+  readonly backend: KeyBackend;
+  /** Package version, answered as v1beta1 runtime_version. */
+  readonly version: string;
+  readonly logger: Logger;
+  readonly observer?: KmsObserver;
+  /** Milliseconds since the epoch (injected for tests). */
+  readonly now?: () => number;
+  readonly random?: (n: number) => Buffer;
+  /** Self-test period while healthy (default 30 s: twice per kube-apiserver Status poll). */
+  readonly selfTestIntervalMs?: number;
+  /** Self-test period after a failure (default 5 s). */
+  readonly selfTestRetryMs?: number;
+  /** A passing self-test older than this no longer counts (default 2 × interval + 10 s). */
+  readonly selfTestMaxAgeMs?: number;
+}
+
+export interface VersionResult {
+  readonly version: string;
+  readonly runtimeName: string;
+  readonly runtimeVersion: string;
+}
+
+export interface StatusResult {
+  readonly version: string;
+  readonly healthz: string;
+  readonly keyID: string;
+}
+
+export interface EncryptResult {
+  readonly ciphertext: Buffer;
+  readonly keyID: string;
+  readonly annotations: Readonly<Record<string, Buffer>>;
+}
+
+export interface DecryptInput {
+  readonly ciphertext: Uint8Array;
+  readonly uid: string;
+  readonly keyID: string;
+  readonly annotations: Readonly<Record<string, Uint8Array>>;
+}
+
+export interface SelfTestState {
+  /** True when the latest self-test passed and is younger than the max age. */
+  readonly healthy: boolean;
+  readonly lastRunMs: number | undefined;
+  readonly lastSuccessMs: number | undefined;
+  /** Why it is not healthy (no secrets; echoed in Status healthz and /readyz). */
+  readonly reason: string;
+}
+
+export interface KmsService {
+  version(requestVersion: string): VersionResult;
+  encryptV1(requestVersion: string, plain: Uint8Array): Promise<Buffer>;
+  decryptV1(requestVersion: string, cipher: Uint8Array): Promise<Buffer>;
+  status(): Promise<StatusResult>;
+  encrypt(plaintext: Uint8Array, uid: string): Promise<EncryptResult>;
+  decrypt(input: DecryptInput): Promise<Buffer>;
+  /** Runs one wrap/unwrap round trip now and records the result. */
+  selfTest(): Promise<SelfTestState>;
+  selfTestState(): SelfTestState;
+  /** Re-reads the backend's keys (SIGHUP); on failure the old keys stay. Then self-tests. */
+  reload(): Promise<void>;
+  /** Starts the background self-test loop (first run immediately). */
+  start(): Promise<void>;
+  stop(): void;
+}
+
+function requestInvalid(message: string): AtrestError {
+  return new AtrestError('ERR_REQUEST_INVALID', message);
+}
+
+/** kube-apiserver's IsFullyQualifiedDomainName: lowercase RFC 1123 subdomain with ≥ 2 labels. */
+export function isFullyQualifiedDomainName(name: string): boolean {
+  const n = name.endsWith('.') ? name.slice(0, -1) : name;
+  if (n.length === 0 || n.length > 253) return false;
+  const labels = n.split('.');
+  if (labels.length < 2) return false;
+  return labels.every((l) => l.length <= 63 && /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(l));
+}
+
+/** Problems with v2 annotations as kube-apiserver would find them (empty list = valid). */
+export function validateAnnotations(annotations: Readonly<Record<string, Uint8Array>>): string[] {
+  const problems: string[] = [];
+  let total = 0;
+  for (const [key, value] of Object.entries(annotations)) {
+    if (!isFullyQualifiedDomainName(key)) {
+      problems.push(`annotation key "${key}" is not a lowercase fully qualified domain name`);
+    }
+    total += Buffer.byteLength(key, 'utf8') + value.length;
+  }
+  if (total > V2_ANNOTATIONS_MAX_BYTES) {
+    problems.push(`annotations total ${total} bytes, more than ${V2_ANNOTATIONS_MAX_BYTES}`);
+  }
+  return problems;
+}
+
+export function classifyBackendError(err: unknown): BackendErrorKind {
+  if (err instanceof BackendError) return err.kind;
+  if (err instanceof DecryptionFailedError) return 'corruption';
+  if (err instanceof FormatInvalidError) return 'user-induced';
+  if (err instanceof AtrestError && (err.code === 'ERR_KEY_UNKNOWN' || err.code === 'ERR_KEY_ID_MISMATCH')) {
+    return 'user-induced';
+  }
+  return 'other';
+}
+
+function shortReason(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  return msg.length > 200 ? msg.slice(0, 200) + '…' : msg;
+}
+
+export function createKmsService(options: KmsServiceOptions): KmsService {
+  const { backend, logger, observer } = options;
+  const now = options.now ?? Date.now;
+  const random = options.random ?? randomBytes;
+  const intervalMs = options.selfTestIntervalMs ?? 30_000;
+  const retryMs = options.selfTestRetryMs ?? 5_000;
+  const maxAgeMs = options.selfTestMaxAgeMs ?? 2 * intervalMs + 10_000;
+
+  let lastRunMs: number | undefined;
+  let lastSuccessMs: number | undefined;
+  let lastOk = false;
+  let lastReason = 'self-test has not run yet';
+  let lastKeyID: string | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<SelfTestState> | undefined;
+  let stopped = false;
+
+  async function timed<T>(operation: BackendOperation, fn: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      const result = await fn();
+      observer?.backendOperation(operation, 'ok', (performance.now() - started) / 1000);
+      return result;
+    } catch (err) {
+      observer?.backendOperation(operation, classifyBackendError(err), (performance.now() - started) / 1000);
+      throw err;
+    }
+  }
+
+  function noteKeyID(keyID: string): void {
+    if (keyID !== lastKeyID) {
+      lastKeyID = keyID;
+      observer?.activeKeyID(keyID);
+    }
+  }
+
+  function state(): SelfTestState {
+    const fresh = lastSuccessMs !== undefined && now() - lastSuccessMs <= maxAgeMs;
+    // Remote backends also keep their own view of the key manager (refreshed in the background).
+    const remote = backend.health?.();
+    const healthy = lastOk && fresh && (remote?.ok ?? true);
+    let reason = V2_HEALTHZ_OK;
+    if (!lastOk) reason = lastReason;
+    else if (!fresh) reason = `last successful self-test is older than ${Math.round(maxAgeMs / 1000)}s`;
+    else if (remote !== undefined && !remote.ok) reason = `${backend.name}: ${remote.message}`;
+    return { healthy, lastRunMs, lastSuccessMs, reason: healthy ? V2_HEALTHZ_OK : reason };
+  }
+
+  async function wrapChecked(plaintext: Uint8Array, uid: string): Promise<EncryptResult> {
+    // v2: annotations are stored next to the ciphertext and handed back on Decrypt.
+    const wrapped = await timed('wrap', () => backend.wrap({ plaintext, uid, annotationsAllowed: true }));
+    const annotations = wrapped.annotations ?? {};
+    const keyIDBytes = Buffer.byteLength(wrapped.keyID, 'utf8');
+    // The API server enforces these on every answer; an answer that breaks them is never sent.
+    if (wrapped.ciphertext.length > V2_CIPHERTEXT_MAX_BYTES) {
+      throw new AtrestError(
+        'ERR_REQUEST_TOO_LARGE',
+        `the wrapped plaintext would be ${wrapped.ciphertext.length} bytes, more than the ` +
+          `${V2_CIPHERTEXT_MAX_BYTES} kube-apiserver accepts (plaintext is ${plaintext.length} bytes)`,
+      );
+    }
+    const problems: string[] = [];
+    if (wrapped.ciphertext.length === 0) problems.push('empty ciphertext');
+    if (keyIDBytes === 0 || keyIDBytes > V2_KEY_ID_MAX_BYTES) {
+      problems.push(`key id is ${keyIDBytes} bytes (must be 1..${V2_KEY_ID_MAX_BYTES})`);
+    }
+    problems.push(...validateAnnotations(annotations));
+    if (problems.length > 0) {
+      throw new BackendError(backend.name, 'other', `invalid wrap result: ${problems.join('; ')}`);
+    }
+    noteKeyID(wrapped.keyID);
+    return { ciphertext: wrapped.ciphertext, keyID: wrapped.keyID, annotations };
+  }
+
+  async function runSelfTest(): Promise<SelfTestState> {
+    const at = now();
+    try {
+      const probe = random(32);
+      const wrapped = await wrapChecked(probe, 'atrest-self-test');
+      const back = await timed('unwrap', () =>
+        backend.unwrap({
+          ciphertext: wrapped.ciphertext,
+          keyID: wrapped.keyID,
+          annotations: wrapped.annotations,
+          uid: 'atrest-self-test',
+        }),
+      );
+      if (!bytesEqual(back, probe)) throw new Error('unwrap returned different bytes than were wrapped');
+      lastOk = true;
+      lastSuccessMs = at;
+      if (lastReason !== V2_HEALTHZ_OK) logger.info('self-test passed', { keyID: wrapped.keyID });
+      lastReason = V2_HEALTHZ_OK;
+    } catch (err) {
+      const reason = `self-test failed: ${shortReason(err)}`;
+      if (lastOk || reason !== lastReason) {
+        logger.error('self-test failed', { backend: backend.name, error: shortReason(err) });
+      }
+      lastOk = false;
+      lastReason = reason;
+    }
+    lastRunMs = at;
+    observer?.selfTest(lastOk, at);
+    return state();
+  }
+
+  function selfTest(): Promise<SelfTestState> {
+    // One run at a time; callers arriving meanwhile share it.
+    running ??= runSelfTest().finally(() => {
+      running = undefined;
+    });
+    return running;
+  }
+
+  function schedule(): void {
+    if (stopped) return;
+    timer = setTimeout(
+      () => {
+        void selfTest().then(schedule);
+      },
+      lastOk ? intervalMs : retryMs,
+    );
+    timer.unref();
+  }
+
+  function checkV1Version(requestVersion: string): void {
+    if (requestVersion !== V1BETA1_API_VERSION) {
+      throw requestInvalid(
+        `unsupported KMS API version "${requestVersion}"; this plugin speaks ${V1BETA1_API_VERSION}`,
+      );
+    }
+  }
+
+  return {
+    version(requestVersion) {
+      checkV1Version(requestVersion);
+      return {
+        version: V1BETA1_API_VERSION,
+        runtimeName: RUNTIME_NAME,
+        runtimeVersion: options.version,
+      };
+    },
+
+    async encryptV1(requestVersion, plain) {
+      checkV1Version(requestVersion);
+      if (plain.length === 0) throw requestInvalid('plain is empty; nothing to encrypt');
+      const wrapped = await timed('wrap', () => backend.wrap({ plaintext: plain }));
+      noteKeyID(wrapped.keyID);
+      return wrapped.ciphertext;
+    },
+
+    async decryptV1(requestVersion, cipher) {
+      checkV1Version(requestVersion);
+      if (cipher.length === 0) throw requestInvalid('cipher is empty; nothing to decrypt');
+      return timed('unwrap', () => backend.unwrap({ ciphertext: cipher }));
+    },
+
+    async status() {
+      const keyID = await backend.currentKeyID();
+      noteKeyID(keyID);
+      return { version: V2_API_VERSION, healthz: state().reason, keyID };
+    },
+
+    async encrypt(plaintext, uid) {
+      if (plaintext.length === 0) throw requestInvalid('plaintext is empty; nothing to encrypt');
+      return wrapChecked(plaintext, uid);
+    },
+
+    async decrypt(input) {
+      if (input.ciphertext.length === 0) throw requestInvalid('ciphertext is empty; nothing to decrypt');
+      if (input.keyID.length === 0) throw requestInvalid('key_id is empty');
+      return timed('unwrap', () =>
+        backend.unwrap({
+          ciphertext: input.ciphertext,
+          keyID: input.keyID,
+          annotations: input.annotations,
+          uid: input.uid,
+        }),
+      );
+    },
+
+    selfTest,
+    selfTestState: state,
+
+    async reload() {
+      await backend.reload();
+      const keyID = await backend.currentKeyID();
+      noteKeyID(keyID);
+      await selfTest();
+    },
+
+    async start() {
+      stopped = false;
+      await selfTest();
+      schedule();
+    },
+
+    stop() {
+      stopped = true;
+      if (timer !== undefined) clearTimeout(timer);
+    },
+  };
+}

@@ -1,0 +1,216 @@
+// Test helper (no tests here): a real etcd + kube-apiserver on 127.0.0.1 with random free ports, a
+// self-made CA/serving cert, a static admin token and a kubeconfig, all in one temp dir. Binaries come
+// from $ATREST_CACHE_BIN (scripts/setup/10-etcd.sh, scripts/setup/60-kube-apiserver.sh).
+
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { existsSync, openSync, writeFileSync, closeSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+
+export const CACHE_BIN =
+  process.env['ATREST_CACHE_BIN'] ??
+  join(process.env['XDG_CACHE_HOME'] ?? join(homedir(), '.cache'), 'atrest', 'bin');
+
+export interface ControlPlane {
+  readonly dir: string;
+  readonly etcdUrl: string;
+  readonly kubeconfig: string;
+  /** Stops the API server (if running) and starts it with this encryption config (none: no encryption). */
+  restartApiserver(encryptionConfig?: string): Promise<void>;
+  kubectl(args: readonly string[], input?: string): string;
+  etcdctl(args: readonly string[]): string;
+  stop(): Promise<void>;
+}
+
+export function requireBinaries(): void {
+  for (const b of ['etcd', 'etcdctl', 'kube-apiserver', 'kubectl']) {
+    if (!existsSync(join(CACHE_BIN, b))) {
+      throw new Error(
+        `${join(CACHE_BIN, b)} is missing: run scripts/setup/10-etcd.sh and scripts/setup/60-kube-apiserver.sh (npm test does)`,
+      );
+    }
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const addr = s.address();
+      s.close(() => resolve(typeof addr === 'object' && addr !== null ? addr.port : 0));
+    });
+  });
+}
+
+async function waitUntil(what: string, timeoutMs: number, check: () => boolean, alive?: ChildProcess): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (check()) return;
+    if (alive !== undefined && alive.exitCode !== null) throw new Error(`${what}: the process exited (${alive.exitCode})`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 300));
+  }
+}
+
+function stopChild(child: ChildProcess | undefined): Promise<void> {
+  if (child === undefined || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
+export async function startControlPlane(): Promise<ControlPlane> {
+  requireBinaries();
+  const dir = await mkdtemp(join(tmpdir(), 'atrest-api-'));
+  const bin = (b: string): string => join(CACHE_BIN, b);
+  const [clientPort, peerPort, apiPort] = [await freePort(), await freePort(), await freePort()];
+  const etcdUrl = `http://127.0.0.1:${clientPort}`;
+  const peerUrl = `http://127.0.0.1:${peerPort}`;
+  const logFd = openSync(join(dir, 'etcd.log'), 'a');
+  const etcd = spawn(
+    bin('etcd'),
+    [
+      '--name=t',
+      `--data-dir=${join(dir, 'etcd')}`,
+      `--listen-client-urls=${etcdUrl}`,
+      `--advertise-client-urls=${etcdUrl}`,
+      `--listen-peer-urls=${peerUrl}`,
+      `--initial-advertise-peer-urls=${peerUrl}`,
+      `--initial-cluster=t=${peerUrl}`,
+      '--log-level=warn',
+    ],
+    { stdio: ['ignore', logFd, logFd] },
+  );
+  closeSync(logFd);
+  let apiserver: ChildProcess | undefined;
+
+  const etcdctl = (args: readonly string[]): string =>
+    execFileSync(bin('etcdctl'), [`--endpoints=${etcdUrl}`, ...args], { encoding: 'utf8' });
+  const kubeconfig = join(dir, 'kubeconfig');
+  const kubectl = (args: readonly string[], input?: string): string =>
+    execFileSync(bin('kubectl'), [`--kubeconfig=${kubeconfig}`, ...args], {
+      encoding: 'utf8',
+      ...(input === undefined ? {} : { input }),
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+
+  const stop = async (): Promise<void> => {
+    await stopChild(apiserver);
+    await stopChild(etcd);
+    await rm(dir, { recursive: true, force: true });
+  };
+
+  try {
+    await waitUntil('etcd', 30_000, () => {
+      try {
+        etcdctl(['endpoint', 'health']);
+        return true;
+      } catch {
+        return false;
+      }
+    }, etcd);
+
+    const ssl = (args: string[]): void => {
+      execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+    };
+    ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=atrest-test-ca', '-keyout', 'ca.key', '-out', 'ca.crt']);
+    ssl(['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=kube-apiserver', '-keyout', 'server.key', '-out', 'server.csr']);
+    writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+    ssl(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', 'san.ext', '-out', 'server.crt']);
+    ssl(['genrsa', '-out', 'sa.key', '2048']);
+    ssl(['rsa', '-in', 'sa.key', '-pubout', '-out', 'sa.pub']);
+    const token = randomBytes(24).toString('hex');
+    writeFileSync(join(dir, 'tokens.csv'), `${token},test-admin,test-admin-uid,"system:masters"\n`, { mode: 0o600 });
+    writeFileSync(
+      kubeconfig,
+      [
+        'apiVersion: v1',
+        'kind: Config',
+        'clusters:',
+        '- name: t',
+        '  cluster:',
+        `    server: https://127.0.0.1:${apiPort}`,
+        `    certificate-authority: ${join(dir, 'ca.crt')}`,
+        'users:',
+        '- name: admin',
+        '  user:',
+        `    token: ${token}`,
+        'contexts:',
+        '- name: t',
+        '  context: {cluster: t, user: admin}',
+        'current-context: t',
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+
+  const restartApiserver = async (encryptionConfig?: string): Promise<void> => {
+    await stopChild(apiserver);
+    const fd = openSync(join(dir, 'apiserver.log'), 'a');
+    const child = spawn(
+      bin('kube-apiserver'),
+      [
+        '--bind-address=127.0.0.1',
+        '--advertise-address=127.0.0.1',
+        `--secure-port=${apiPort}`,
+        `--tls-cert-file=${join(dir, 'server.crt')}`,
+        `--tls-private-key-file=${join(dir, 'server.key')}`,
+        `--token-auth-file=${join(dir, 'tokens.csv')}`,
+        '--authorization-mode=RBAC',
+        '--anonymous-auth=false',
+        '--service-account-issuer=https://kubernetes.default.svc',
+        `--service-account-key-file=${join(dir, 'sa.pub')}`,
+        `--service-account-signing-key-file=${join(dir, 'sa.key')}`,
+        '--service-cluster-ip-range=10.96.0.0/16',
+        `--etcd-servers=${etcdUrl}`,
+        '--enable-priority-and-fairness=false',
+        '--profiling=false',
+        // lists and continue tokens come from etcd, so compacting etcd expires them (410 Gone)
+        '--watch-cache=false',
+        ...(encryptionConfig === undefined ? [] : [`--encryption-provider-config=${encryptionConfig}`]),
+      ],
+      { stdio: ['ignore', fd, fd] },
+    );
+    closeSync(fd);
+    apiserver = child;
+    await waitUntil('kube-apiserver /readyz', 120_000, () => {
+      try {
+        kubectl(['get', '--raw', '/readyz']);
+        kubectl(['get', 'namespace', 'default']);
+        return true;
+      } catch {
+        return false;
+      }
+    }, child);
+  };
+
+  return { dir, etcdUrl, kubeconfig, restartApiserver, kubectl, etcdctl, stop };
+}
+
+/** Every stored value under the prefix: etcd key -> its first bytes, as latin1 (prefixes are ASCII). */
+export function storedPrefixes(cp: ControlPlane, prefix: string, bytes = 24): Map<string, string> {
+  const out = JSON.parse(cp.etcdctl(['get', '--prefix', prefix, '-w', 'json'])) as {
+    kvs?: { key: string; value: string }[];
+  };
+  const map = new Map<string, string>();
+  for (const kv of out.kvs ?? []) {
+    map.set(
+      Buffer.from(kv.key, 'base64').toString('utf8'),
+      Buffer.from(kv.value, 'base64').subarray(0, bytes).toString('latin1'),
+    );
+  }
+  return map;
+}

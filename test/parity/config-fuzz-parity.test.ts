@@ -1,0 +1,137 @@
+// Generated configurations (fast-check): random combinations of resource names, providers, keys and kms
+// fields, valid and invalid, each judged by atrest and by kube-apiserver's loader (Go oracle). The
+// verdicts must agree. Complements the hand-written table in config-parity.test.ts.
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { parseEncryptionConfiguration } from '../../src/config/index.js';
+import { startOracle, type Oracle } from './oracle.js';
+
+const b64 = (n: number) => Buffer.alloc(n, 5).toString('base64');
+
+const resourceName = fc.constantFrom(
+  'secrets',
+  'configmaps',
+  '*.',
+  '*.*',
+  '*.apps',
+  'deployments.apps',
+  'pandas.awesome.bears.example',
+  '*.awesome.bears.example',
+  'Secrets',
+  '*',
+  'events',
+  '*.events.k8s.io',
+  'ingresses.extensions',
+  'secrets.*',
+  'serviceipallocations',
+  'apiserveripinfo',
+  '',
+);
+
+const keyEntry = fc.record(
+  {
+    name: fc.constantFrom('k1', 'k2', 'with:colon', ''),
+    secret: fc.constantFrom(b64(16), b64(24), b64(32), b64(31), b64(33), b64(0), 'not base64!', b64(32).replace(/=+$/, '')),
+  },
+  { requiredKeys: [] },
+);
+
+const kmsEntry = fc.record(
+  {
+    apiVersion: fc.constantFrom('v1', 'v2', 'v3', ''),
+    name: fc.constantFrom('a', 'b', 'a:b', ''),
+    endpoint: fc.constantFrom('unix:///tmp/atrest-fuzz.sock', 'unix:///@abstract', 'tcp://127.0.0.1:1', '/tmp/x.sock', 'unix://h:p/x', ''),
+    timeout: fc.constantFrom('3s', '0s', '-1s', '100ms', '1m30s', '3', '1d'),
+    cachesize: fc.constantFrom(1000, 0, -1, 1),
+  },
+  { requiredKeys: [] },
+);
+
+const provider = fc.oneof(
+  fc.constant({ identity: {} }),
+  fc.record({ aescbc: fc.record({ keys: fc.array(keyEntry, { maxLength: 3 }) }) }),
+  fc.record({ aesgcm: fc.record({ keys: fc.array(keyEntry, { maxLength: 3 }) }) }),
+  fc.record({ secretbox: fc.record({ keys: fc.array(keyEntry, { maxLength: 3 }) }) }),
+  fc.record({ kms: kmsEntry }),
+  fc.constant({}),
+  fc.constant({ identity: {}, aescbc: { keys: [{ name: 'k', secret: b64(32) }] } }),
+);
+
+const config = fc.record({
+  legacy: fc.boolean(),
+  json: fc.boolean(),
+  reload: fc.boolean(),
+  kmsV1: fc.boolean(),
+  resources: fc.array(
+    fc.record({
+      resources: fc.array(resourceName, { maxLength: 3 }),
+      providers: fc.array(provider, { maxLength: 3 }),
+    }),
+    { maxLength: 3 },
+  ),
+});
+
+type Generated = typeof config extends fc.Arbitrary<infer T> ? T : never;
+
+function render(c: Generated): string {
+  const doc = {
+    apiVersion: c.legacy ? 'v1' : 'apiserver.config.k8s.io/v1',
+    kind: c.legacy ? 'EncryptionConfig' : 'EncryptionConfiguration',
+    resources: c.resources,
+  };
+  if (c.json) return JSON.stringify(doc, null, 1);
+  // YAML via JSON-in-flow style is valid YAML; quote every string so YAML 1.1 typing cannot differ.
+  return `---\n${JSON.stringify(doc, null, 2)}\n`;
+}
+
+describe('generated EncryptionConfigurations get the same verdict from atrest and kube-apiserver', () => {
+  let dir: string;
+  const oracles = new Map<boolean, Oracle>();
+  const oracle = (kmsV1: boolean): Oracle => {
+    let o = oracles.get(kmsV1);
+    if (!o) {
+      o = startOracle({ kmsV1 });
+      oracles.set(kmsV1, o);
+    }
+    return o;
+  };
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'atrest-config-fuzz-'));
+  });
+  after(async () => {
+    await Promise.all([...oracles.values()].map((o) => o.close()));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('agrees on 300 random configurations, and both verdicts occur', async (t) => {
+    const seen = { accept: 0, reject: 0 };
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(config, async (c) => {
+        const text = render(c);
+        const file = join(dir, `fuzz-${n++}.${c.json ? 'json' : 'yaml'}`);
+        writeFileSync(file, text);
+        const upstream = await oracle(c.kmsV1).load(file, { reload: c.reload });
+        let ours = 'accept';
+        let why = '';
+        try {
+          parseEncryptionConfiguration(text, file, { reload: c.reload, kmsV1: c.kmsV1 });
+        } catch (err) {
+          ours = 'reject';
+          why = err instanceof Error ? err.message : String(err);
+        }
+        const theirs = upstream.ok ? 'accept' : 'reject';
+        seen[theirs]++;
+        assert.equal(ours, theirs, `kube-apiserver: ${upstream.error ?? 'accepted'}\natrest: ${why || 'accepted'}\n${text}`);
+      }),
+      { numRuns: 300 },
+    );
+    t.diagnostic(`verdicts: ${JSON.stringify(seen)}`);
+    assert.ok(seen.accept > 0 && seen.reject > 0, JSON.stringify(seen));
+  });
+});
