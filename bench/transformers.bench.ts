@@ -10,7 +10,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createKeyedProvider, createPrefixTransformers } from '../src/transformers/prefix.js';
@@ -27,6 +27,8 @@ export interface TransformerBenchRow {
   readonly size: number;
   readonly op: 'encrypt' | 'decrypt';
   readonly valuesPerSec: number;
+  /** CPU time of this process per value (user + system): steadier than wall time on a shared machine. */
+  readonly cpuMicrosPerValue: number;
   readonly iterations: number;
 }
 
@@ -37,7 +39,14 @@ export interface TransformerBenchOptions {
   readonly providers?: readonly string[];
 }
 
-export const BENCH_PROVIDERS = ['identity', 'aescbc', 'aesgcm', 'secretbox', 'kms-v1', 'kms-v2'] as const;
+export const BENCH_PROVIDERS = [
+  'identity',
+  'aescbc',
+  'aesgcm',
+  'secretbox',
+  'kms-v1',
+  'kms-v2',
+] as const;
 export const BENCH_SIZES = [1024, 64 * 1024] as const;
 const ETCD_KEY = '/registry/secrets/default/bench-secret';
 
@@ -50,7 +59,9 @@ export async function benchTransformer(provider: string): Promise<Transformer> {
     case 'aescbc':
     case 'aesgcm':
     case 'secretbox':
-      return createPrefixTransformers([createKeyedProvider(provider, [{ name: 'key1', secret: key }])]);
+      return createPrefixTransformers([
+        createKeyedProvider(provider, [{ name: 'key1', secret: key }]),
+      ]);
     case 'kms-v1':
       return createPrefixTransformers([
         createKmsV1Transformer({ name: 'bench', service: createFakeKmsV1(), cacheSize: 1000 }),
@@ -66,10 +77,17 @@ export async function benchTransformer(provider: string): Promise<Transformer> {
   }
 }
 
-async function measure(fn: () => Promise<unknown>, durationMs: number): Promise<{ perSec: number; n: number }> {
+interface Measurement {
+  readonly valuesPerSec: number;
+  readonly cpuMicrosPerValue: number;
+  readonly iterations: number;
+}
+
+async function measure(fn: () => Promise<unknown>, durationMs: number): Promise<Measurement> {
   const warmUntil = performance.now() + Math.min(200, durationMs / 5);
   while (performance.now() < warmUntil) await fn();
   let n = 0;
+  const cpu0 = process.cpuUsage();
   const start = performance.now();
   const end = start + durationMs;
   let now = start;
@@ -78,11 +96,19 @@ async function measure(fn: () => Promise<unknown>, durationMs: number): Promise<
     n += 16;
     now = performance.now();
   }
-  return { perSec: n / ((now - start) / 1000), n };
+  const cpu = process.cpuUsage(cpu0);
+  return {
+    valuesPerSec: n / ((now - start) / 1000),
+    cpuMicrosPerValue: (cpu.user + cpu.system) / n,
+    iterations: n,
+  };
 }
 
 /** Bare node:crypto AES-256-GCM with the same nonce/AAD work and no framing: the floor for aesgcm. */
-function referenceGcm(): { seal: (v: Buffer) => Promise<Buffer>; open: (v: Buffer) => Promise<Buffer> } {
+function referenceGcm(): {
+  seal: (v: Buffer) => Promise<Buffer>;
+  open: (v: Buffer) => Promise<Buffer>;
+} {
   const key = randomBytes(32);
   const aad = Buffer.from(ETCD_KEY);
   return {
@@ -119,17 +145,16 @@ export async function runTransformerBench(
     const value = randomBytes(size);
     const ref = referenceGcm();
     const sealed = await ref.seal(value);
-    const re = await measure(() => ref.seal(value), durationMs);
-    push({ impl: 'node:crypto reference', provider: 'aes-256-gcm', size, op: 'encrypt', valuesPerSec: re.perSec, iterations: re.n });
-    const rd = await measure(() => ref.open(sealed), durationMs);
-    push({ impl: 'node:crypto reference', provider: 'aes-256-gcm', size, op: 'decrypt', valuesPerSec: rd.perSec, iterations: rd.n });
+    const reference = { impl: 'node:crypto reference', provider: 'aes-256-gcm', size } as const;
+    push({ ...reference, op: 'encrypt', ...(await measure(() => ref.seal(value), durationMs)) });
+    push({ ...reference, op: 'decrypt', ...(await measure(() => ref.open(sealed), durationMs)) });
     for (const provider of providers) {
       const t = await benchTransformer(provider);
       const stored = await t.transformToStorage(value, context);
-      const e = await measure(() => t.transformToStorage(value, context), durationMs);
-      push({ impl: 'atrest', provider, size, op: 'encrypt', valuesPerSec: e.perSec, iterations: e.n });
-      const d = await measure(() => t.transformFromStorage(stored, context), durationMs);
-      push({ impl: 'atrest', provider, size, op: 'decrypt', valuesPerSec: d.perSec, iterations: d.n });
+      const encrypt = await measure(() => t.transformToStorage(value, context), durationMs);
+      push({ impl: 'atrest', provider, size, op: 'encrypt', ...encrypt });
+      const decrypt = await measure(() => t.transformFromStorage(stored, context), durationMs);
+      push({ impl: 'atrest', provider, size, op: 'decrypt', ...decrypt });
     }
   }
   return rows;
@@ -144,7 +169,10 @@ function fmt(n: number): string {
   return Math.round(n).toLocaleString('en-US');
 }
 
-export function transformerBenchMarkdown(rows: readonly TransformerBenchRow[], durationMs: number): string {
+export function transformerBenchMarkdown(
+  rows: readonly TransformerBenchRow[],
+  durationMs: number,
+): string {
   const cpu = cpus()[0]?.model ?? 'unknown CPU';
   const lines = [
     '## Storage formats (transformers)',
@@ -155,21 +183,35 @@ export function transformerBenchMarkdown(rows: readonly TransformerBenchRow[], d
     'AES-GCM key wrap per write, kms v2 none (its seed is wrapped once). Reference: bare node:crypto',
     'AES-256-GCM (nonce + seal/open, no prefix or framing), measured in the same run.',
     '',
-    `Machine: ${cpus().length} × ${cpu}, Node ${process.version}, ${goVersion()}.`,
+    `Machine: ${cpus().length} × ${cpu}, Node ${process.version}, ${goVersion()}; load average at the`,
+    `end of the run: ${loadavg()
+      .map((l) => l.toFixed(1))
+      .join(' / ')} (1/5/15 min). On a loaded machine`,
+    'trust the CPU µs column and the ratio to the reference more than absolute values/s.',
     '',
   ];
   for (const size of [...new Set(rows.map((r) => r.size))]) {
     lines.push(`### ${size >= 1024 ? `${size / 1024} KiB` : `${size} B`} values`, '');
-    lines.push('| implementation | provider | encrypt values/s | decrypt values/s | encrypt MiB/s | decrypt MiB/s |');
-    lines.push('|---|---|---:|---:|---:|---:|');
-    const keys = [...new Set(rows.filter((r) => r.size === size).map((r) => `${r.impl}\u0000${r.provider}`))];
+    lines.push(
+      '| implementation | provider | encrypt values/s | decrypt values/s | encrypt MiB/s | decrypt MiB/s | CPU µs/value enc / dec |',
+    );
+    lines.push('|---|---|---:|---:|---:|---:|---:|');
+    const keys = [
+      ...new Set(rows.filter((r) => r.size === size).map((r) => `${r.impl}\u0000${r.provider}`)),
+    ];
     for (const k of keys) {
       const [impl, provider] = k.split('\u0000') as [string, string];
-      const get = (op: string) =>
-        rows.find((r) => r.size === size && r.impl === impl && r.provider === provider && r.op === op)?.valuesPerSec ?? 0;
-      const mib = (v: number) => ((v * size) / 2 ** 20).toFixed(1);
+      const row = (op: string) =>
+        rows.find(
+          (r) => r.size === size && r.impl === impl && r.provider === provider && r.op === op,
+        );
+      const e = row('encrypt');
+      const d = row('decrypt');
+      const mib = (v = 0) => ((v * size) / 2 ** 20).toFixed(1);
+      const cpu = (v = 0) => v.toFixed(1);
       lines.push(
-        `| ${impl} | ${provider} | ${fmt(get('encrypt'))} | ${fmt(get('decrypt'))} | ${mib(get('encrypt'))} | ${mib(get('decrypt'))} |`,
+        `| ${impl} | ${provider} | ${fmt(e?.valuesPerSec ?? 0)} | ${fmt(d?.valuesPerSec ?? 0)} | ` +
+          `${mib(e?.valuesPerSec)} | ${mib(d?.valuesPerSec)} | ${cpu(e?.cpuMicrosPerValue)} / ${cpu(d?.cpuMicrosPerValue)} |`,
       );
     }
     lines.push('');

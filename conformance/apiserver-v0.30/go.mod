@@ -4,6 +4,7 @@ go 1.22.0
 
 require (
 	atrest.dev/conformance/harness v0.0.0
+	github.com/go-logr/logr v1.4.1
 	github.com/gogo/protobuf v1.3.2
 	k8s.io/apimachinery v0.30.14
 	k8s.io/apiserver v0.30.14
@@ -20,7 +21,6 @@ require (
 	github.com/davecgh/go-spew v1.1.1 // indirect
 	github.com/emicklei/go-restful/v3 v3.11.0 // indirect
 	github.com/felixge/httpsnoop v1.0.3 // indirect
-	github.com/go-logr/logr v1.4.1 // indirect
 	github.com/go-logr/stdr v1.2.2 // indirect
 	github.com/go-openapi/jsonpointer v0.19.6 // indirect
 	github.com/go-openapi/jsonreference v0.20.2 // indirect

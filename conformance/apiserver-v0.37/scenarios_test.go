@@ -13,7 +13,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"atrest.dev/conformance/harness"
+	"github.com/go-logr/logr"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/features"
@@ -43,17 +43,16 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// The upstream code logs through klog (expected failures in the bad-input tests included); keep the
+	// test output readable unless CONFORMANCE_KLOG=1.
+	if os.Getenv("CONFORMANCE_KLOG") != "1" {
+		klog.SetLogger(logr.Discard())
+	}
 	// KMS v1 is behind a deprecated, default-off gate from 1.29 on; kube-apiserver needs
 	// --feature-gates=KMSv1=true to load a v1 provider, and so does the config loader here.
 	if err := utilfeature.DefaultMutableFeatureGate.Set(string(features.KMSv1) + "=true"); err != nil {
 		fmt.Fprintln(os.Stderr, "enable KMSv1 feature gate:", err)
 		os.Exit(1)
-	}
-	// The upstream code logs through klog (expected failures in the bad-input tests included); keep the
-	// test output readable unless CONFORMANCE_KLOG=1.
-	if os.Getenv("CONFORMANCE_KLOG") != "1" {
-		klog.LogToStderr(false)
-		klog.SetOutput(io.Discard)
 	}
 	fmt.Printf("conformance: k8s.io/apiserver %s against %q\n", apiserverLine, os.Getenv("ATREST_CMD"))
 	os.Exit(m.Run())

@@ -6,6 +6,9 @@ import { AtrestError } from '../errors.js';
 import type { KeyBackend } from '../backends/backend.js';
 import type { Logger } from '../logger.js';
 import { createKeyringBackend } from '../backends/keyring.js';
+import { readFile } from 'node:fs/promises';
+import { parseBackendConfig } from '../backends/config.js';
+import { createConfiguredBackend } from '../backends/create.js';
 
 /** Every serve flag as commander parsed it (backend-specific flags included). */
 export type BackendFlags = Readonly<Record<string, unknown>>;
@@ -25,9 +28,27 @@ function requireString(flags: BackendFlags, name: string, flag: string, backend:
   return v;
 }
 
+/** A remote backend (docs/backends.md): its section of --backend-config, secrets from files or env. */
+async function remoteBackend(name: string, { flags, logger }: BackendContext): Promise<KeyBackend> {
+  const path = requireString(flags, 'backendConfig', '--backend-config FILE', name);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new AtrestError('ERR_CONFIG_UNREADABLE', `cannot read ${path}`, { cause: err });
+  }
+  return createConfiguredBackend(parseBackendConfig(text, path, name), {
+    env: process.env,
+    readFile: (p) => readFile(p, 'utf8'),
+    logger,
+  });
+}
+
 export const BACKENDS: Readonly<Record<string, BackendFactory>> = {
   keyring: async ({ flags }) =>
     createKeyringBackend({ path: requireString(flags, 'keyring', '--keyring FILE', 'keyring') }),
+  pkcs11: (context) => remoteBackend('pkcs11', context),
+  'aws-kms': (context) => remoteBackend('aws-kms', context),
 };
 
 export function addBackendOptions(command: Command): Command {
@@ -37,7 +58,11 @@ export function addBackendOptions(command: Command): Command {
         .choices(Object.keys(BACKENDS))
         .default('keyring'),
     )
-    .option('--keyring <file>', 'keyring file (keyring backend); create it with "atrest keys init"');
+    .option('--keyring <file>', 'keyring file (keyring backend); create it with "atrest keys init"')
+    .option(
+      '--backend-config <file>',
+      'YAML file with one section per remote backend (pkcs11, aws-kms); secrets come from files or env',
+    );
 }
 
 export async function createBackend(name: string, context: BackendContext): Promise<KeyBackend> {

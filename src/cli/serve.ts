@@ -9,7 +9,7 @@ import { parseUnixEndpoint } from '../grpc/endpoint.js';
 import { grpcCodeName } from '../grpc/status.js';
 import { createKmsService } from '../kms/service.js';
 import { startKmsServer, type KmsServer } from '../kms/server.js';
-import { parseSocketMode, resolveGroup, socketExists, DEFAULT_SOCKET_MODE } from '../kms/socket.js';
+import { parseSocketMode, resolveGroup, DEFAULT_SOCKET_MODE } from '../kms/socket.js';
 import { createPluginMetrics } from '../health/plugin-metrics.js';
 import {
   DEFAULT_HEALTH_LISTEN,
@@ -30,6 +30,7 @@ interface ServeFlags {
   readonly logLevel: string;
   readonly shutdownGrace: string;
   readonly selfTestInterval: string;
+  readonly socketCheckInterval: string;
   readonly dev: boolean;
   readonly [flag: string]: unknown;
 }
@@ -61,6 +62,11 @@ export function registerServe(program: Command, version: string): void {
     )
     .option('--shutdown-grace <seconds>', 'how long in-flight calls may finish on SIGTERM', '5')
     .option('--self-test-interval <seconds>', 'period of the background wrap/unwrap self-test', '30')
+    .option(
+      '--socket-check-interval <seconds>',
+      'how often to check that the socket file still exists (re-created if deleted)',
+      '10',
+    )
     .option(
       '--dev',
       `development quick start: creates ${DEV_KEYRING} on first run, listens on ${DEV_LISTEN}`,
@@ -94,6 +100,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
   const health = parseHealthListen(flags.healthListen);
   const graceMs = seconds('--shutdown-grace', flags.shutdownGrace);
   const selfTestIntervalMs = seconds('--self-test-interval', flags.selfTestInterval);
+  const socketCheckMs = seconds('--socket-check-interval', flags.socketCheckInterval);
 
   const backend = await createBackend(flags.backend, { flags: { ...flags, ...keyringFlags }, logger });
   const metrics = createPluginMetrics({ version, backend: backend.name });
@@ -136,7 +143,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
             check: async () =>
               !socketBound
                 ? 'not listening'
-                : (await socketExists(endpoint))
+                : (await kms.socketPresent())
                   ? undefined
                   : `socket ${endpoint.path} was removed`,
           },
@@ -175,6 +182,23 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     );
   }
 
+  // Socket watchdog: a deleted socket file (a cleanup script, a hostPath mix-up) silently cuts the
+  // API server off; re-create it, with the same checks as at start-up.
+  const watchdog = setInterval(() => {
+    kms
+      .restoreSocket()
+      .then((restored) => {
+        if (restored) logger.warn('socket file was deleted or replaced; re-created it', { socket: endpoint.path });
+      })
+      .catch((err: unknown) =>
+        logger.error('socket file is missing and cannot be re-created', {
+          socket: endpoint.path,
+          error: err instanceof Error ? err.message : String(err),
+        }),
+      );
+  }, socketCheckMs);
+  watchdog.unref();
+
   installSignals({
     logger,
     reload: async () => {
@@ -192,6 +216,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     },
     shutdown: async (signal) => {
       logger.info('shutting down', { signal, graceMs });
+      clearInterval(watchdog);
       service.stop();
       socketBound = false;
       await kms.close(graceMs);

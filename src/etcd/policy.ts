@@ -197,7 +197,9 @@ export function createPolicyResolver(
         resource: name,
         groupResource: gr,
         rule: resolved.rule,
-        mustEncrypt: resolved.providers[0] !== undefined && !('identity' in resolved.providers[0]),
+        // A key atrest cannot place (e.g. /registry/ranges/serviceips) is reported, never a finding:
+        // whether kube-apiserver encrypts it depends on internals a config file does not state.
+        mustEncrypt: gr !== undefined && resolved.providers[0] !== undefined && !('identity' in resolved.providers[0]),
         transformer: deps.transformerFor(gr ?? { group: '?', resource: '?' }, resolved.providers),
         write: writeTargetOf(resolved.providers, deps.kmsV2KeyID),
         providers: resolved.providers.map(describeProvider),

@@ -21,7 +21,7 @@ import type { PolicyResolver, ResourcePolicy } from './policy.js';
 import { createRateLimiter } from './rate-limit.js';
 import { classifyValue, scan, providersTried, type ScanReport } from './scan.js';
 import type { KeyRange, Selection } from './selection.js';
-import { mapPool, type KeyValueSource } from './source.js';
+import { mapPool, prefetched, type KeyValueSource } from './source.js';
 
 /** What rewrite needs from etcd (EtcdClient implements it). */
 export interface RewriteStore extends KeyValueSource {
@@ -185,7 +185,7 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
       .map((kv) => ({ kv, policy: policies.forKey(kv.key) }))
       .filter((x) => selection.includes(x.policy));
   for (const range of pending) {
-    for await (const page of store.pages(startOf(range), range.end, { pageSize })) {
+    for await (const page of prefetched(store.pages(startOf(range), range.end, { pageSize }))) {
       const selected = selectedOf(page);
       const classes = await mapPool(selected, concurrency, ({ kv, policy }) => classifyValue(kv, policy, true));
       classes.forEach((c, i) => {
@@ -288,7 +288,7 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
   };
 
   for (const range of pending) {
-    for await (const page of store.pages(startOf(range), range.end, { pageSize })) {
+    for await (const page of prefetched(store.pages(startOf(range), range.end, { pageSize }))) {
       const selected = selectedOf(page);
       const outcomes = await mapPool(selected, concurrency, ({ kv, policy }) => processKey(kv, policy));
       for (const o of outcomes) {

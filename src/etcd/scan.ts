@@ -7,7 +7,7 @@ import { describeStoredValue } from '../transformers/describe.js';
 import type { KeyValue } from './client.js';
 import { formatLabel, isCurrent, writeTargetLabel, type PolicyResolver, type ResourcePolicy } from './policy.js';
 import type { KeyRange, Selection } from './selection.js';
-import { mapPool, type KeyValueSource } from './source.js';
+import { mapPool, prefetched, type KeyValueSource } from './source.js';
 
 export type FindingProblem = 'plaintext' | 'undecryptable';
 
@@ -159,9 +159,9 @@ export async function scan(options: ScanOptions): Promise<ScanReport> {
   };
 
   for (const range of options.ranges ?? options.selection.ranges) {
-    for await (const page of options.source.pages(range.start, range.end, {
-      pageSize: options.pageSize ?? 500,
-    })) {
+    for await (const page of prefetched(
+      options.source.pages(range.start, range.end, { pageSize: options.pageSize ?? 500 }),
+    )) {
       const selected = page
         .map((kv) => ({ kv, policy: options.policies.forKey(kv.key) }))
         .filter((x) => options.selection.includes(x.policy));

@@ -48,3 +48,20 @@ export async function mapPool<T, R>(
   await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
   return out;
 }
+
+/**
+ * Iterates `pages` while already fetching the next one: the round trip for page n+1 overlaps the
+ * work on page n (at most one page is held ahead, so memory stays bounded).
+ */
+export async function* prefetched<T>(pages: AsyncIterable<T>): AsyncGenerator<T> {
+  const it = pages[Symbol.asyncIterator]();
+  let next = it.next();
+  for (;;) {
+    const r = await next;
+    if (r.done) return;
+    next = it.next();
+    // An error of the prefetch surfaces on the next await; avoid an unhandled rejection meanwhile.
+    next.catch(() => undefined);
+    yield r.value;
+  }
+}

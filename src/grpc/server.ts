@@ -129,20 +129,28 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     }
   }
 
+  // A stream can be closed by the peer at any moment; answering it must never throw out of here.
   function respondError(stream: http2.ServerHttp2Stream, code: GrpcCode, message: string): void {
-    if (stream.destroyed || stream.headersSent) {
-      if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
-      return;
+    if (stream.destroyed || stream.closed) return;
+    try {
+      if (stream.headersSent) {
+        stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+        return;
+      }
+      stream.respond(
+        {
+          ':status': 200,
+          'content-type': 'application/grpc',
+          'grpc-status': String(code),
+          'grpc-message': encodeGrpcMessage(message),
+        },
+        RESPOND_END,
+      );
+      // The client may still be sending: reset its half so nothing more is read.
+      if (!stream.readableEnded) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+    } catch (err) {
+      logger.debug('grpc stream gone before its status was sent', { error: (err as Error).message });
     }
-    stream.respond(
-      {
-        ':status': 200,
-        'content-type': 'application/grpc',
-        'grpc-status': String(code),
-        'grpc-message': encodeGrpcMessage(message),
-      },
-      RESPOND_END,
-    );
   }
 
   function onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
@@ -155,7 +163,6 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
 
     const reject = (code: GrpcCode, message: string): void => {
       respondError(stream, code, message);
-      if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
       record(method, code, started);
     };
     if (headers[':method'] !== 'POST') {
@@ -190,8 +197,6 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
       if (code !== GRPC_CODE.OK) {
         call.abort(new GrpcStatusError(code, message));
         respondError(stream, code, message);
-        // The client may still be sending: reset its half so nothing more is read.
-        if (!stream.destroyed && !stream.readableEnded) stream.close(http2.constants.NGHTTP2_NO_ERROR);
       }
       record(method, code, started);
     };
@@ -271,12 +276,17 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
 
     function succeeded(response: Uint8Array): void {
       if (finished) return;
-      if (stream.destroyed) return finish(GRPC_CODE.CANCELLED, 'stream closed');
+      if (stream.destroyed || stream.closed) return finish(GRPC_CODE.CANCELLED, 'stream closed');
       finished = true;
       if (timer !== undefined) clearTimeout(timer);
-      stream.respond(OK_HEADERS, RESPOND_WITH_TRAILERS);
-      stream.on('wantTrailers', sendOkTrailers);
-      stream.end(frameMessage(response));
+      try {
+        stream.respond(OK_HEADERS, RESPOND_WITH_TRAILERS);
+        stream.on('wantTrailers', sendOkTrailers);
+        stream.end(frameMessage(response));
+      } catch (err) {
+        logger.debug('grpc stream gone before its response was sent', { error: (err as Error).message });
+        return record(method, GRPC_CODE.CANCELLED, started);
+      }
       record(method, GRPC_CODE.OK, started);
     }
 

@@ -217,6 +217,10 @@ export interface KmsServerOptions {
 
 export interface KmsServer {
   readonly endpoint: UnixEndpoint;
+  /** Whether our socket file is still at its path (readiness). */
+  socketPresent(): Promise<boolean>;
+  /** Re-creates the socket if someone deleted it; true if it did (see socket.ts). */
+  restoreSocket(): Promise<boolean>;
   /** Stops accepting, removes the socket, lets in-flight calls finish for up to `graceMs`. */
   close(graceMs: number): Promise<void>;
 }
@@ -240,6 +244,8 @@ export async function startKmsServer(options: KmsServerOptions): Promise<KmsServ
   );
   return {
     endpoint: options.endpoint,
+    socketPresent: () => listener.present(),
+    restoreSocket: () => listener.restore(),
     async close(graceMs) {
       await listener.close();
       await grpc.close(graceMs);

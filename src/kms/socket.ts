@@ -2,7 +2,7 @@
 // of live sockets and non-sockets), binding with mode 0600 from the first instant (umask around
 // bind), optional mode/group for a non-root kube-apiserver, Linux abstract sockets, and removal on close.
 
-import { constants as fsc, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import { AtrestError } from '../errors.js';
@@ -21,6 +21,10 @@ export interface UnixListenOptions {
 
 export interface UnixListener {
   readonly endpoint: UnixEndpoint;
+  /** Whether our socket file is still at the path (an abstract socket always is while bound). */
+  present(): Promise<boolean>;
+  /** Re-binds the path if our socket file was deleted or replaced; true if it did. */
+  restore(): Promise<boolean>;
   /** Stops accepting; resolves once the socket file is removed (existing connections stay open). */
   close(): Promise<void>;
 }
@@ -143,12 +147,11 @@ function listenOnce(server: Server, address: string): Promise<void> {
   });
 }
 
-/** Binds `endpoint` (after prepareSocketPath) and hands every accepted connection to `onConnection`. */
-export async function listenUnix(
+async function bindOnce(
   endpoint: UnixEndpoint,
   options: UnixListenOptions,
   onConnection: (socket: Socket) => void,
-): Promise<UnixListener> {
+): Promise<{ server: Server; ino: number | undefined }> {
   const server = createServer({ pauseOnConnect: false }, onConnection);
   try {
     await listenOnce(server, endpoint.address);
@@ -158,29 +161,85 @@ export async function listenUnix(
       cause: err,
     });
   }
-  let ino: number | undefined;
-  if (!endpoint.abstract) {
+  if (endpoint.abstract) return { server, ino: undefined };
+  try {
+    if (options.gid !== undefined) await fsp.chown(endpoint.path, -1, options.gid);
+    await fsp.chmod(endpoint.path, options.mode ?? DEFAULT_SOCKET_MODE);
+    return { server, ino: (await fsp.lstat(endpoint.path)).ino };
+  } catch (err) {
+    server.close();
+    throw new AtrestError(
+      'ERR_SOCKET_ENDPOINT',
+      `cannot set owner/mode of ${endpoint.path}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+}
+
+/**
+ * Closes a listening server without losing someone else's file: libuv unlinks the bound path when the
+ * handle closes, whatever is there by then. If the path no longer holds our socket, a hard link keeps
+ * the other file and is renamed back after the close.
+ */
+async function closeKeepingOthers(server: Server, endpoint: UnixEndpoint, ino: number | undefined): Promise<void> {
+  if (endpoint.abstract) return void server.close();
+  let foreign = false;
+  try {
+    const st = await fsp.lstat(endpoint.path);
+    foreign = !(st.isSocket() && st.ino === ino);
+  } catch {
+    // nothing at the path: nothing to protect
+  }
+  if (!foreign) return void server.close();
+  const keep = `${endpoint.path}.atrest-keep-${process.pid}`;
+  try {
+    await fsp.link(endpoint.path, keep);
+  } catch {
+    return void server.close(); // e.g. a directory, which unlink cannot remove anyway
+  }
+  server.close();
+  await fsp.rename(keep, endpoint.path);
+}
+
+/** Binds `endpoint` (after prepareSocketPath) and hands every accepted connection to `onConnection`. */
+export async function listenUnix(
+  endpoint: UnixEndpoint,
+  options: UnixListenOptions,
+  onConnection: (socket: Socket) => void,
+): Promise<UnixListener> {
+  let bound = await bindOnce(endpoint, options, onConnection);
+  let closing: Promise<void> | undefined;
+
+  async function present(): Promise<boolean> {
+    if (endpoint.abstract) return true;
     try {
-      if (options.gid !== undefined) await fsp.chown(endpoint.path, -1, options.gid);
-      await fsp.chmod(endpoint.path, options.mode ?? DEFAULT_SOCKET_MODE);
-      ino = (await fsp.lstat(endpoint.path)).ino;
-    } catch (err) {
-      server.close();
-      throw new AtrestError(
-        'ERR_SOCKET_ENDPOINT',
-        `cannot set owner/mode of ${endpoint.path}: ${(err as Error).message}`,
-        { cause: err },
-      );
+      const st = await fsp.lstat(endpoint.path);
+      return st.isSocket() && st.ino === bound.ino;
+    } catch {
+      return false;
     }
   }
-  let closing: Promise<void> | undefined;
+
   return {
     endpoint,
+    present,
+    async restore() {
+      if (closing !== undefined || (await present())) return false;
+      // Someone deleted (or replaced) our socket file: the API server can no longer reach us. Bind
+      // a fresh socket at the path, after the same checks as at start-up (never steal a live one).
+      await prepareSocketPath(endpoint);
+      // Close the old handle first: libuv unlinks its path on close, which must not hit the new one.
+      // Connections already accepted stay open.
+      await closeKeepingOthers(bound.server, endpoint, bound.ino);
+      bound = await bindOnce(endpoint, options, onConnection);
+      return true;
+    },
     close() {
       closing ??= (async () => {
-        server.close();
+        const { server, ino } = bound;
+        await closeKeepingOthers(server, endpoint, ino);
         if (endpoint.abstract || ino === undefined) return;
-        // libuv unlinks the path when the listening handle closes; make sure, but never remove a
+        // libuv unlinks our path when the listening handle closes; make sure, but never remove a
         // socket another process has bound at the same path since.
         try {
           const st = await fsp.lstat(endpoint.path);
@@ -192,15 +251,4 @@ export async function listenUnix(
       return closing;
     },
   };
-}
-
-/** Whether the socket file is still there (readiness); an abstract socket exists while bound. */
-export async function socketExists(endpoint: UnixEndpoint): Promise<boolean> {
-  if (endpoint.abstract) return true;
-  try {
-    await fsp.access(endpoint.path, fsc.F_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }

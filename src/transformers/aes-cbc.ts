@@ -59,10 +59,14 @@ export function createCbcKey(key: Uint8Array): CbcKey {
 function unpadLikeUpstream(plain: Buffer): Buffer {
   const p = plain.length === 0 ? 0 : plain[plain.length - 1]!;
   if (p === 0 || p > plain.length) {
-    throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'invalid PKCS7 data (empty or not padded)');
+    throw new FormatInvalidError(
+      'ERR_FORMAT_MALFORMED',
+      'invalid PKCS7 data (empty or not padded)',
+    );
   }
   for (let i = plain.length - p; i < plain.length; i++) {
-    if (plain[i] !== p) throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'invalid padding on input');
+    if (plain[i] !== p)
+      throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'invalid padding on input');
   }
   return plain.subarray(0, plain.length - p);
 }

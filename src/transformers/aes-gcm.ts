@@ -5,7 +5,13 @@
 //
 // The authenticated data is always the exact etcd key (context.authenticatedData).
 
-import { createCipheriv, createDecipheriv, createHmac, createSecretKey, randomBytes } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHmac,
+  createSecretKey,
+  randomBytes,
+} from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { DecryptionFailedError, FormatInvalidError } from '../errors.js';
 import type { FromStorageResult, TransformContext, Transformer } from './transformer.js';
@@ -152,7 +158,10 @@ export function createAesGcmSeedTransformer(
     async transformToStorage(data: Uint8Array, context: TransformContext): Promise<Buffer> {
       const info = random(HKDF_INFO_SIZE);
       const gcm = createGcmKey(deriveSeedKey(seedCopy, info), true);
-      return Buffer.concat([info, gcm.seal(random(GCM_NONCE_SIZE), data, context.authenticatedData)]);
+      return Buffer.concat([
+        info,
+        gcm.seal(random(GCM_NONCE_SIZE), data, context.authenticatedData),
+      ]);
     },
     async transformFromStorage(
       data: Uint8Array,

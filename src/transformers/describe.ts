@@ -11,13 +11,7 @@ import { GCM_NONCE_SIZE, GCM_TAG_SIZE } from './aes-gcm.js';
 import { SECRETBOX_NONCE_SIZE, SECRETBOX_TAG_SIZE } from './secretbox.js';
 
 export type StoredFormat =
-  | 'identity'
-  | 'aescbc'
-  | 'aesgcm'
-  | 'secretbox'
-  | 'kms-v1'
-  | 'kms-v2'
-  | 'unknown-encrypted';
+  'identity' | 'aescbc' | 'aesgcm' | 'secretbox' | 'kms-v1' | 'kms-v2' | 'unknown-encrypted';
 
 export interface StoredValueInfo {
   readonly format: StoredFormat;
@@ -59,10 +53,13 @@ function minimumProblem(format: StoredFormat, body: Buffer): string | undefined 
   switch (format) {
     case 'aescbc':
       if (body.length < CBC_IV_SIZE + CBC_BLOCK_SIZE) return 'shorter than an IV and one block';
-      if ((body.length - CBC_IV_SIZE) % CBC_BLOCK_SIZE !== 0) return 'not a multiple of the block size';
+      if ((body.length - CBC_IV_SIZE) % CBC_BLOCK_SIZE !== 0)
+        return 'not a multiple of the block size';
       return undefined;
     case 'aesgcm':
-      return body.length < GCM_NONCE_SIZE + GCM_TAG_SIZE ? 'shorter than a nonce and a tag' : undefined;
+      return body.length < GCM_NONCE_SIZE + GCM_TAG_SIZE
+        ? 'shorter than a nonce and a tag'
+        : undefined;
     case 'secretbox':
       return body.length < SECRETBOX_NONCE_SIZE + SECRETBOX_TAG_SIZE
         ? 'shorter than a nonce and a tag'
@@ -99,12 +96,21 @@ export function describeStoredValue(data: Uint8Array): StoredValueInfo {
   if (startsWithBytes(buf, Buffer.from(PROVIDER_PREFIXES.kmsV1, 'latin1'))) {
     const prefix = PROVIDER_PREFIXES.kmsV1;
     const split = splitName(buf.subarray(prefix.length));
-    if (!split) return { format: 'kms-v1', prefix, problems: ['no provider name after the prefix'] };
-    const base = { format: 'kms-v1' as const, kmsName: split.name, prefix: `${prefix}${split.name}:` };
+    if (!split)
+      return { format: 'kms-v1', prefix, problems: ['no provider name after the prefix'] };
+    const base = {
+      format: 'kms-v1' as const,
+      kmsName: split.name,
+      prefix: `${prefix}${split.name}:`,
+    };
     if (split.body.length < 2) return { ...base, problems: ['no encrypted DEK length'] };
     const len = split.body.readUInt16BE(0);
     if (split.body.length < 2 + len) {
-      return { ...base, encryptedDEKLength: len, problems: ['shorter than its encrypted DEK length'] };
+      return {
+        ...base,
+        encryptedDEKLength: len,
+        problems: ['shorter than its encrypted DEK length'],
+      };
     }
     const payload = split.body.length - 2 - len;
     const problems: string[] = [];
@@ -118,8 +124,13 @@ export function describeStoredValue(data: Uint8Array): StoredValueInfo {
   if (startsWithBytes(buf, Buffer.from(PROVIDER_PREFIXES.kmsV2, 'latin1'))) {
     const prefix = PROVIDER_PREFIXES.kmsV2;
     const split = splitName(buf.subarray(prefix.length));
-    if (!split) return { format: 'kms-v2', prefix, problems: ['no provider name after the prefix'] };
-    const base = { format: 'kms-v2' as const, kmsName: split.name, prefix: `${prefix}${split.name}:` };
+    if (!split)
+      return { format: 'kms-v2', prefix, problems: ['no provider name after the prefix'] };
+    const base = {
+      format: 'kms-v2' as const,
+      kmsName: split.name,
+      prefix: `${prefix}${split.name}:`,
+    };
     try {
       const obj = EncryptedObject.decode(split.body);
       const problems = validateEncryptedObject(obj);
@@ -133,13 +144,16 @@ export function describeStoredValue(data: Uint8Array): StoredValueInfo {
     } catch (err) {
       return {
         ...base,
-        problems: [`EncryptedObject does not decode: ${err instanceof Error ? err.message : 'error'}`],
+        problems: [
+          `EncryptedObject does not decode: ${err instanceof Error ? err.message : 'error'}`,
+        ],
       };
     }
   }
 
   const end = buf.indexOf(0x3a, ENCRYPTED_PREFIX.length);
-  const shown = end > 0 && end - ENCRYPTED_PREFIX.length <= 32 ? buf.subarray(0, end + 1) : ENCRYPTED_PREFIX;
+  const shown =
+    end > 0 && end - ENCRYPTED_PREFIX.length <= 32 ? buf.subarray(0, end + 1) : ENCRYPTED_PREFIX;
   return {
     format: 'unknown-encrypted',
     prefix: shown.toString('latin1').replace(/[^\x20-\x7e]/g, '?'),

@@ -19,7 +19,11 @@ export {
 } from './aes-gcm.js';
 export type { RandomOptions, RandomSource } from './aes-gcm.js';
 export { createAesCbcTransformer, CBC_IV_SIZE } from './aes-cbc.js';
-export { createSecretboxTransformer, SECRETBOX_NONCE_SIZE, SECRETBOX_TAG_SIZE } from './secretbox.js';
+export {
+  createSecretboxTransformer,
+  SECRETBOX_NONCE_SIZE,
+  SECRETBOX_TAG_SIZE,
+} from './secretbox.js';
 export {
   createIdentityProvider,
   createKeyedProvider,

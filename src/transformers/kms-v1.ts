@@ -77,7 +77,9 @@ export function createKmsV1Transformer(options: KmsV1TransformerOptions): KmsV1T
   const { name, service } = options;
   if (typeof name !== 'string' || name.length === 0) throw new TypeError('kms v1 needs a name');
   if (!Number.isInteger(options.cacheSize) || options.cacheSize === 0) {
-    throw new RangeError('kms v1 cacheSize must be a non-zero integer (negative disables the cache)');
+    throw new RangeError(
+      'kms v1 cacheSize must be a non-zero integer (negative disables the cache)',
+    );
   }
   const random = options.random ?? defaultRandom;
   const now = options.now ?? Date.now;
@@ -96,10 +98,22 @@ export function createKmsV1Transformer(options: KmsV1TransformerOptions): KmsV1T
     return { gcm: createGcmKey(dek), cbc: createCbcKey(dek) };
   }
 
-  async function dekFor(edek: Buffer): Promise<DekTransformers> {
+  /** Concurrent reads of values sharing an uncached EDEK make one Decrypt call, not one each. */
+  const pendingDecrypts = new Map<string, Promise<DekTransformers>>();
+
+  function dekFor(edek: Buffer): Promise<DekTransformers> {
     const cacheKey = edek.toString('base64');
     const hit = cache?.get(cacheKey);
-    if (hit) return hit;
+    if (hit) return Promise.resolve(hit);
+    let pending = pendingDecrypts.get(cacheKey);
+    if (pending === undefined) {
+      pending = decryptDEK(edek, cacheKey).finally(() => pendingDecrypts.delete(cacheKey));
+      pendingDecrypts.set(cacheKey, pending);
+    }
+    return pending;
+  }
+
+  async function decryptDEK(edek: Buffer, cacheKey: string): Promise<DekTransformers> {
     let dek: Buffer;
     try {
       dek = await service.decrypt(edek);

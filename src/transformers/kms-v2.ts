@@ -25,7 +25,11 @@ import {
   HKDF_MIN_SEED_SIZE,
 } from './aes-gcm.js';
 import type { RandomSource } from './aes-gcm.js';
-import { KMS_HEALTHZ_NEGATIVE_TTL_MS, KMS_HEALTHZ_POSITIVE_TTL_MS, kmsCallFailed } from './kms-v1.js';
+import {
+  KMS_HEALTHZ_NEGATIVE_TTL_MS,
+  KMS_HEALTHZ_POSITIVE_TTL_MS,
+  kmsCallFailed,
+} from './kms-v1.js';
 import type { KmsHealth } from './kms-v1.js';
 import type { KmsV2Service } from './kms-services.js';
 import {
@@ -221,7 +225,10 @@ export function createKmsV2Transformer(options: KmsV2TransformerOptions): KmsV2T
   }
 
   /** Status key_id is valid: keep the seed if the key_id is unchanged, else a new seed and one Encrypt. */
-  async function rotateOnKeyIDChange(statusKeyID: string, uid: string): Promise<string | undefined> {
+  async function rotateOnKeyIDChange(
+    statusKeyID: string,
+    uid: string,
+  ): Promise<string | undefined> {
     const expiresAt = now() + KMS_V2_WRITE_STATE_TTL_MS;
     const current = state;
     if (current && current.keyID === statusKeyID) {
@@ -323,13 +330,18 @@ export function createKmsV2Transformer(options: KmsV2TransformerOptions): KmsV2T
       errors.push(kmsCallFailed('failed to get kmsv2 plugin status', cause));
     }
     if (errors.length === 0) return { ok: true, checkedAt };
-    const text = errors.length === 1 ? errors[0]!.message : `[${errors.map((e) => e.message).join(', ')}]`;
+    const text =
+      errors.length === 1 ? errors[0]!.message : `[${errors.map((e) => e.message).join(', ')}]`;
     return {
       ok: false,
       checkedAt,
-      error: new AtrestError(errors[0]!.code, `kmsv2 Provider ${name} is not healthy, error: ${text}`, {
-        cause: errors.length === 1 ? errors[0] : errors,
-      }),
+      error: new AtrestError(
+        errors[0]!.code,
+        `kmsv2 Provider ${name} is not healthy, error: ${text}`,
+        {
+          cause: errors.length === 1 ? errors[0] : errors,
+        },
+      ),
     };
   }
 
@@ -356,23 +368,40 @@ export function createKmsV2Transformer(options: KmsV2TransformerOptions): KmsV2T
     return inflight;
   }
 
-  async function readTransformerFor(
-    sourceType: number,
-    encryptedDEKSource: Buffer,
-    keyID: string,
-    annotations: Readonly<Record<string, Buffer>>,
-  ): Promise<Transformer> {
-    const key = kmsV2CacheKey(sourceType, encryptedDEKSource, keyID, annotations);
+  /** Concurrent reads of values sharing an uncached seed make one Decrypt call, not one each. */
+  const pendingDecrypts = new Map<string, Promise<Transformer>>();
+
+  function readTransformerFor(obj: DecodedEncryptedObject): Promise<Transformer> {
+    const key = kmsV2CacheKey(
+      obj.encryptedDEKSourceType,
+      obj.encryptedDEKSource,
+      obj.keyID,
+      obj.annotations,
+    );
     const hit = cacheGet(key);
-    if (hit) return hit;
+    if (hit) return Promise.resolve(hit);
+    let pending = pendingDecrypts.get(key);
+    if (pending === undefined) {
+      pending = decryptSource(obj, key).finally(() => pendingDecrypts.delete(key));
+      pendingDecrypts.set(key, pending);
+    }
+    return pending;
+  }
+
+  async function decryptSource(obj: DecodedEncryptedObject, key: string): Promise<Transformer> {
     let plain: Buffer;
     try {
-      plain = await service.decrypt({ ciphertext: encryptedDEKSource, uid: newUID(), keyID, annotations });
+      plain = await service.decrypt({
+        ciphertext: obj.encryptedDEKSource,
+        uid: newUID(),
+        keyID: obj.keyID,
+        annotations: obj.annotations,
+      });
     } catch (cause) {
       throw kmsCallFailed('failed to decrypt DEK', cause);
     }
     let transformer: Transformer;
-    if (sourceType === DEK_SOURCE_AES_GCM_KEY) {
+    if (obj.encryptedDEKSourceType === DEK_SOURCE_AES_GCM_KEY) {
       if (!AES_KEY_SIZES.includes(plain.length)) {
         throw new AtrestError(
           'ERR_KMS_RESPONSE_INVALID',
@@ -432,12 +461,7 @@ export function createKmsV2Transformer(options: KmsV2TransformerOptions): KmsV2T
       const obj = decodeEncryptedObject(data);
       const current = state;
       if (current === undefined && !options.allowReadWithoutStatus) throw noState();
-      const transformer = await readTransformerFor(
-        obj.encryptedDEKSourceType,
-        obj.encryptedDEKSource,
-        obj.keyID,
-        obj.annotations,
-      );
+      const transformer = await readTransformerFor(obj);
       const result = await transformer.transformFromStorage(obj.encryptedData, context);
       // Without a state (offline reads) only the source type can be judged.
       const stale =

@@ -70,7 +70,8 @@ export function createPrefixTransformers(
   entries: readonly PrefixEntry[],
   noMatchError: Error | (() => Error) = noMatchingPrefix,
 ): Transformer {
-  if (entries.length === 0) throw new TypeError('createPrefixTransformers needs at least one entry');
+  if (entries.length === 0)
+    throw new TypeError('createPrefixTransformers needs at least one entry');
   const list = entries.map((e, i) => ({
     prefix: Buffer.from(e.prefix),
     transformer: e.transformer,

@@ -15,7 +15,10 @@ export const SECRETBOX_NONCE_SIZE = 24;
 export const SECRETBOX_TAG_SIZE = 16;
 
 /** The raw secretbox transformer (no prefix). The etcd key is ignored. */
-export function createSecretboxTransformer(key: Uint8Array, options: RandomOptions = {}): Transformer {
+export function createSecretboxTransformer(
+  key: Uint8Array,
+  options: RandomOptions = {},
+): Transformer {
   if (key.length !== SECRETBOX_KEY_SIZE) {
     throw new RangeError(`secretbox key must be 32 bytes, got ${key.length}`);
   }
@@ -36,7 +39,10 @@ export function createSecretboxTransformer(key: Uint8Array, options: RandomOptio
       const nonce = Uint8Array.from(data.subarray(0, SECRETBOX_NONCE_SIZE));
       try {
         const plain = xsalsa20poly1305(keyCopy, nonce).decrypt(data.subarray(SECRETBOX_NONCE_SIZE));
-        return { data: Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength), stale: false };
+        return {
+          data: Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength),
+          stale: false,
+        };
       } catch (cause) {
         throw new DecryptionFailedError({ cause });
       }

@@ -215,13 +215,26 @@ test('/livez, /healthz, /readyz and /metrics answer on the health listener', asy
 });
 
 test('/readyz fails but /livez stays ok when the socket file is deleted', async (t) => {
-  const s = await serve(t);
+  const s = await serve(t, ['--socket-check-interval', '3600']);
   const { unlink } = await import('node:fs/promises');
   await unlink(s.socket);
   const ready = await httpGet(`${s.health}/readyz`);
   assert.equal(ready.status, 503);
   assert.match(ready.body, /\[-\]socket failed: socket .* was removed/);
   assert.equal((await httpGet(`${s.health}/livez`)).status, 200);
+});
+
+test('a deleted socket file is re-created by the watchdog and serves again', async (t) => {
+  const s = await serve(t, ['--socket-check-interval', '0.2']);
+  const { unlink } = await import('node:fs/promises');
+  await unlink(s.socket);
+  await s.proc.waitForLog('socket file was deleted or replaced; re-created it');
+  const st = await stat(s.socket);
+  assert.equal(st.mode & 0o777, 0o600);
+  const fresh = createGrpcClient({ address: s.socket });
+  t.after(() => fresh.close());
+  assert.equal((await status(fresh)).healthz, 'ok');
+  assert.equal((await httpGet(`${s.health}/readyz`)).status, 200);
 });
 
 test('--health-listen off starts no health listener; a taken port is refused clearly', async (t) => {
@@ -284,4 +297,34 @@ test('a live listener elsewhere on the same path stays untouched after serve ref
   const r = await runCli(t, ['serve', '--listen', `unix://${path}`, '--keyring', keyring, '--health-listen', 'off']);
   assert.match(r.stderr, /another plugin is listening/);
   assert.ok((await stat(path)).isSocket());
+});
+
+test('serve answers v1 and v2 calls whose :authority is the raw socket path, as old API servers send', async (t) => {
+  const { RawH2Client, grpcRequestBlock, hpackLiteral, grpcFrame, statusOf, messageOf } = await import(
+    '../grpc/raw-h2.js'
+  );
+  const s = await serve(t);
+  const c = await RawH2Client.connect(s.socket);
+  t.after(() => c.close());
+  let stream = 1;
+  const call = async (method: string, body: Buffer): Promise<Buffer> => {
+    const r = await c.request(stream, grpcRequestBlock(method, hpackLiteral('without', 1, s.socket)), grpcFrame(body));
+    stream += 2;
+    assert.equal(statusOf(r), 0, `${method}: ${JSON.stringify(r.headers)}`);
+    return messageOf(r);
+  };
+  const dek = randomBytes(32);
+  const version = v1.VersionResponse.decode(await call(v1.V1BETA1_METHODS.version, v1.VersionRequest.encode({ version: 'v1beta1' })));
+  assert.equal(version.version, 'v1beta1');
+  const enc1 = v1.EncryptResponse.decode(await call(v1.V1BETA1_METHODS.encrypt, v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek })));
+  const dec1 = v1.DecryptResponse.decode(await call(v1.V1BETA1_METHODS.decrypt, v1.DecryptRequest.encode({ version: 'v1beta1', cipher: enc1.cipher })));
+  assert.deepEqual(dec1.plain, dek);
+  const st = v2.StatusResponse.decode(await call(v2.V2_METHODS.status, Buffer.alloc(0)));
+  assert.equal(st.healthz, 'ok');
+  const enc2 = v2.EncryptResponse.decode(await call(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: dek, uid: 'raw' })));
+  assert.equal(enc2.key_id, st.key_id);
+  const dec2 = v2.DecryptResponse.decode(
+    await call(v2.V2_METHODS.decrypt, v2.DecryptRequest.encode({ ciphertext: enc2.ciphertext, uid: 'raw', key_id: enc2.key_id })),
+  );
+  assert.deepEqual(dec2.plaintext, dek);
 });

@@ -29,7 +29,9 @@ const logger: Logger = {
   error: (msg, fields) => logged.push({ msg, fields }),
 };
 let lastCall: UnaryCall | undefined;
-let slowAborted: unknown;
+/** Why each Slow call's signal was aborted, by request message. */
+const slowAborted = new Map<string, unknown>();
+let slowStarted = 0;
 
 const fx = await startFixture({
   maxMessageBytes: 1024,
@@ -60,8 +62,9 @@ const fx = await startFixture({
       '/t.Test/Slow',
       (call) =>
         new Promise<Uint8Array>((resolve) => {
+          slowStarted++;
           call.signal.addEventListener('abort', () => {
-            slowAborted = call.signal.reason;
+            slowAborted.set(call.message.toString(), call.signal.reason);
           });
           setTimeout(() => resolve(Buffer.from('late')), 300);
         }),
@@ -189,13 +192,13 @@ test('answers broken framing with clear statuses and keeps serving', async () =>
 
 test('ends a call past its deadline with DEADLINE_EXCEEDED and aborts the handler signal', async () => {
   records.length = 0;
-  slowAborted = undefined;
   const r = await raw(
     grpcRequestBlock('/t.Test/Slow', localhost, [hpackLiteral('without', 'grpc-timeout', '50m')]),
-    grpcFrame(Buffer.from('x')),
+    grpcFrame(Buffer.from('deadline')),
   );
   assert.equal(statusOf(r), GRPC_CODE.DEADLINE_EXCEEDED);
-  assert.ok(slowAborted instanceof GrpcStatusError && slowAborted.code === GRPC_CODE.DEADLINE_EXCEEDED);
+  const reason = slowAborted.get('deadline');
+  assert.ok(reason instanceof GrpcStatusError && reason.code === GRPC_CODE.DEADLINE_EXCEEDED);
   assert.equal(records.find((x) => x.method === '/t.Test/Slow')?.code, GRPC_CODE.DEADLINE_EXCEEDED);
 
   await assert.rejects(client.unary('/t.Test/Slow', Buffer.from('x'), { timeoutMs: 50 }), (err: unknown) => {
@@ -206,11 +209,13 @@ test('ends a call past its deadline with DEADLINE_EXCEEDED and aborts the handle
 });
 
 test('aborts the handler signal when the client cancels', async () => {
-  slowAborted = undefined;
+  slowStarted = 0;
   const ac = new AbortController();
-  const call = client.unary('/t.Test/Slow', Buffer.from('x'), { timeoutMs: 5000, signal: ac.signal });
-  setTimeout(() => ac.abort(), 50);
+  const call = client.unary('/t.Test/Slow', Buffer.from('cancel-me'), { timeoutMs: 5000, signal: ac.signal });
+  while (slowStarted === 0) await new Promise((r) => setTimeout(r, 5));
+  ac.abort();
   await assert.rejects(call, (err: unknown) => err instanceof GrpcStatusError && err.code === GRPC_CODE.CANCELLED);
-  for (let i = 0; i < 50 && slowAborted === undefined; i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(slowAborted instanceof GrpcStatusError && slowAborted.code === GRPC_CODE.CANCELLED);
+  for (let i = 0; i < 100 && !slowAborted.has('cancel-me'); i++) await new Promise((r) => setTimeout(r, 10));
+  const reason = slowAborted.get('cancel-me');
+  assert.ok(reason instanceof GrpcStatusError && reason.code === GRPC_CODE.CANCELLED, String(reason));
 });

@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, stat, writeFile, readdir } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile, readdir } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -163,4 +163,36 @@ test('closing the listener removes the socket file', async (t) => {
   const l = await listenUnix(ep, {}, (s) => s.destroy());
   await l.close();
   await assert.rejects(stat(path), /ENOENT/);
+});
+
+test('a deleted socket file is noticed and re-created with mode 0600', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'kms.sock');
+  const ep = parseUnixEndpoint(`unix://${path}`);
+  const l = await listenUnix(ep, {}, (s) => s.destroy());
+  t.after(() => l.close());
+  assert.equal(await l.present(), true);
+  assert.equal(await l.restore(), false, 'nothing to do while the socket is there');
+  const { unlink } = await import('node:fs/promises');
+  await unlink(path);
+  assert.equal(await l.present(), false);
+  assert.equal(await l.restore(), true);
+  assert.equal(await l.present(), true);
+  assert.equal((await stat(path)).mode & 0o777, 0o600);
+  assert.equal(await connects(path), true);
+});
+
+test('a socket replaced by a regular file is reported and the file left alone', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'kms.sock');
+  const l = await listenUnix(parseUnixEndpoint(`unix://${path}`), {}, (s) => s.destroy());
+  t.after(() => l.close());
+  const { unlink } = await import('node:fs/promises');
+  await unlink(path);
+  await writeFile(path, 'someone else');
+  assert.equal(await l.present(), false);
+  await assert.rejects(l.restore(), hasCode('ERR_SOCKET_NOT_A_SOCKET'));
+  assert.equal((await stat(path)).size, 12);
+  await l.close();
+  assert.equal(await readFile(path, 'utf8'), 'someone else', 'closing never deletes a file that is not ours');
 });

@@ -13,7 +13,10 @@ const VALUE = Buffer.from('k8s\x00abc', 'latin1');
 
 test('describes plaintext and how it is encoded', () => {
   assert.deepEqual(describeStoredValue(VALUE), { format: 'identity', encoding: 'protobuf' });
-  assert.deepEqual(describeStoredValue(Buffer.from('{"a":1}')), { format: 'identity', encoding: 'json' });
+  assert.deepEqual(describeStoredValue(Buffer.from('{"a":1}')), {
+    format: 'identity',
+    encoding: 'json',
+  });
   assert.deepEqual(describeStoredValue(Buffer.alloc(0)), { format: 'identity', encoding: 'other' });
 });
 
@@ -28,7 +31,9 @@ test('describes aescbc, aesgcm and secretbox values with their key name', async 
       keyName: 'key-2026',
       prefix: `k8s:enc:${provider}:v1:key-2026:`,
     });
-    const info = describeStoredValue(stored.subarray(0, `k8s:enc:${provider}:v1:key-2026:`.length + 3));
+    const info = describeStoredValue(
+      stored.subarray(0, `k8s:enc:${provider}:v1:key-2026:`.length + 3),
+    );
     assert.equal(info.format, provider);
     assert.equal(info.problems?.length, 1);
   }
@@ -68,7 +73,11 @@ test('describes kms v2 values with key id, source type and annotation keys', asy
   });
   const type0 = Buffer.concat([
     Buffer.from('k8s:enc:kms:v2:aws:'),
-    EncryptedObject.encode({ encryptedData: Buffer.alloc(40), keyID: 'old', encryptedDEKSource: Buffer.alloc(8) }),
+    EncryptedObject.encode({
+      encryptedData: Buffer.alloc(40),
+      keyID: 'old',
+      encryptedDEKSource: Buffer.alloc(8),
+    }),
   ]);
   assert.equal(describeStoredValue(type0).dekSourceType, 0);
 });

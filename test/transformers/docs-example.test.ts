@@ -36,5 +36,8 @@ test('the docs/formats.md example writes with kms v2 and still reads aescbc and 
     createKeyedProvider('aescbc', [{ name: 'key1', secret: oldKey }]),
   ]).transformToStorage(plaintext, ctx);
   assert.deepEqual(await secrets.transformFromStorage(old, ctx), { data: plaintext, stale: true });
-  assert.deepEqual(await secrets.transformFromStorage(plaintext, ctx), { data: plaintext, stale: true });
+  assert.deepEqual(await secrets.transformFromStorage(plaintext, ctx), {
+    data: plaintext,
+    stale: true,
+  });
 });

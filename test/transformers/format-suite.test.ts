@@ -4,10 +4,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AtrestError, DecryptionFailedError } from '../../src/errors.js';
-import {
-  createKeyedProvider,
-  createPrefixTransformers,
-} from '../../src/transformers/prefix.js';
+import { createKeyedProvider, createPrefixTransformers } from '../../src/transformers/prefix.js';
 import type { KeyedProviderName } from '../../src/transformers/prefix.js';
 import { createKmsV1Transformer } from '../../src/transformers/kms-v1.js';
 import { createKmsV2Transformer } from '../../src/transformers/kms-v2.js';
@@ -36,7 +33,10 @@ interface FormatCase {
   regions(value: Buffer): Region[];
 }
 
-const PLAINTEXT = Buffer.from('k8s\x00' + 'a secret value of fifty bytes, give or take ...', 'latin1');
+const PLAINTEXT = Buffer.from(
+  'k8s\x00' + 'a secret value of fifty bytes, give or take ...',
+  'latin1',
+);
 
 function keyed(provider: KeyedProviderName, keySize: number): FormatCase {
   const rnd = deterministicRandom(`suite-${provider}`);
@@ -197,7 +197,10 @@ for (const c of CASES) {
     if (c.bindsEtcdKey) {
       test('refuses a value read under another etcd key', async () => {
         const { transformer } = await c.make();
-        const stored = await transformer.transformToStorage(PLAINTEXT, ctx('/registry/secrets/a/b'));
+        const stored = await transformer.transformToStorage(
+          PLAINTEXT,
+          ctx('/registry/secrets/a/b'),
+        );
         const r = await readOrError(transformer, stored, '/registry/secrets/a/c');
         assert.ok(r.error instanceof AtrestError, String(r.error));
         assert.equal(r.error.code, 'ERR_DECRYPTION_FAILED');
@@ -205,7 +208,10 @@ for (const c of CASES) {
     } else {
       test('is not bound to the etcd key (as upstream)', async () => {
         const { transformer } = await c.make();
-        const stored = await transformer.transformToStorage(PLAINTEXT, ctx('/registry/secrets/a/b'));
+        const stored = await transformer.transformToStorage(
+          PLAINTEXT,
+          ctx('/registry/secrets/a/b'),
+        );
         const r = await transformer.transformFromStorage(stored, ctx('/registry/secrets/a/c'));
         assert.deepEqual(r.data, PLAINTEXT);
       });
@@ -229,7 +235,11 @@ for (const c of CASES) {
       const regions = c.regions(stored);
       for (const region of regions) {
         assert.ok(region.end > region.start, `region ${region.name} is empty`);
-        for (const pos of new Set([region.start, (region.start + region.end) >> 1, region.end - 1])) {
+        for (const pos of new Set([
+          region.start,
+          (region.start + region.end) >> 1,
+          region.end - 1,
+        ])) {
           const tampered = Buffer.from(stored);
           tampered[pos]! ^= 0x01;
           const r = await readOrError(transformer, tampered);

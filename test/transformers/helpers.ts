@@ -50,7 +50,10 @@ export interface FakeKmsV1 extends KmsV1Service {
   failing: boolean;
 }
 
-export function createFakeKmsV1(kek: Buffer = randomBytes(32), nonceRandom?: (n: number) => Buffer): FakeKmsV1 {
+export function createFakeKmsV1(
+  kek: Buffer = randomBytes(32),
+  nonceRandom?: (n: number) => Buffer,
+): FakeKmsV1 {
   const aad = Buffer.from('fake-kms-v1');
   const fake: FakeKmsV1 = {
     calls: { encrypt: 0, decrypt: 0 },
@@ -58,7 +61,12 @@ export function createFakeKmsV1(kek: Buffer = randomBytes(32), nonceRandom?: (n:
     async encrypt(plain) {
       fake.calls.encrypt++;
       if (fake.failing) throw new Error('fake KMS v1 is down');
-      return kekWrap(kek, Buffer.from(plain), aad, nonceRandom ? Buffer.from(nonceRandom(12)) : randomBytes(12));
+      return kekWrap(
+        kek,
+        Buffer.from(plain),
+        aad,
+        nonceRandom ? Buffer.from(nonceRandom(12)) : randomBytes(12),
+      );
     },
     async decrypt(cipher) {
       fake.calls.decrypt++;
@@ -126,7 +134,10 @@ export function createFakeKmsV2(
 }
 
 /** A clock the test moves by hand. */
-export function manualClock(start = Date.UTC(2026, 0, 1)): { now: () => number; advance: (ms: number) => void } {
+export function manualClock(start = Date.UTC(2026, 0, 1)): {
+  now: () => number;
+  advance: (ms: number) => void;
+} {
   let t = start;
   return { now: () => t, advance: (ms) => void (t += ms) };
 }

@@ -38,7 +38,10 @@ test('reads through the DEK cache keyed by the EDEK, calling Decrypt once per ED
   const stored = await writer.transformToStorage(VALUE, ctx());
   const reader = createKmsV1Transformer({ name: 'p', service: kms, cacheSize: 1000 });
   for (let i = 0; i < 3; i++) {
-    assert.deepEqual(await reader.transformFromStorage(stored, ctx()), { data: VALUE, stale: false });
+    assert.deepEqual(await reader.transformFromStorage(stored, ctx()), {
+      data: VALUE,
+      stale: false,
+    });
   }
   assert.equal(kms.calls.decrypt, 1);
   // The writer cached its own DEK on write.
@@ -54,7 +57,10 @@ test('a negative cache size disables the cache: every read calls Decrypt', async
   await t.transformFromStorage(stored, ctx());
   assert.equal(kms.calls.decrypt, 2);
   assert.equal(t.cachedDEKs(), 0);
-  assert.throws(() => createKmsV1Transformer({ name: 'p', service: kms, cacheSize: 0 }), RangeError);
+  assert.throws(
+    () => createKmsV1Transformer({ name: 'p', service: kms, cacheSize: 0 }),
+    RangeError,
+  );
 });
 
 test('the cache keeps only the most recently used cacheSize DEKs', async () => {
@@ -77,7 +83,12 @@ test('the cache keeps only the most recently used cacheSize DEKs', async () => {
 
 test('reads values written by 1.10–1.24 (CBC payload) and reports them stale', async () => {
   const kms = createFakeKmsV1();
-  const legacy = createKmsV1Transformer({ name: 'p', service: kms, cacheSize: 10, legacyCbcWrites: true });
+  const legacy = createKmsV1Transformer({
+    name: 'p',
+    service: kms,
+    cacheSize: 10,
+    legacyCbcWrites: true,
+  });
   const stored = await legacy.transformToStorage(VALUE, ctx('/registry/secrets/x/y'));
   const l = stored.readUInt16BE(0);
   assert.equal(stored.length, 2 + l + 16 + 16 * Math.ceil((VALUE.length + 1) / 16));
@@ -141,7 +152,10 @@ test('the health check encrypts and decrypts "ping" and caches the result 20 s /
   kms.failing = true;
   const bad = await t.healthz();
   assert.equal(bad.ok, false);
-  assert.match(bad.error!.message, /^failed to perform encrypt section of the healthz check for KMS Provider p/);
+  assert.match(
+    bad.error!.message,
+    /^failed to perform encrypt section of the healthz check for KMS Provider p/,
+  );
   kms.failing = false;
   clock.advance(2_999);
   assert.equal((await t.healthz()).ok, false);
@@ -151,8 +165,32 @@ test('the health check encrypts and decrypts "ping" and caches the result 20 s /
 
 test('with legacyCbcReads off, CBC payloads are refused', async () => {
   const kms = createFakeKmsV1();
-  const legacy = createKmsV1Transformer({ name: 'p', service: kms, cacheSize: 10, legacyCbcWrites: true });
+  const legacy = createKmsV1Transformer({
+    name: 'p',
+    service: kms,
+    cacheSize: 10,
+    legacyCbcWrites: true,
+  });
   const stored = await legacy.transformToStorage(VALUE, ctx());
-  const strict = createKmsV1Transformer({ name: 'p', service: kms, cacheSize: 10, legacyCbcReads: false });
-  await assert.rejects(strict.transformFromStorage(stored, ctx()), { code: 'ERR_DECRYPTION_FAILED' });
+  const strict = createKmsV1Transformer({
+    name: 'p',
+    service: kms,
+    cacheSize: 10,
+    legacyCbcReads: false,
+  });
+  await assert.rejects(strict.transformFromStorage(stored, ctx()), {
+    code: 'ERR_DECRYPTION_FAILED',
+  });
+});
+
+test('concurrent reads of values sharing an EDEK make one Decrypt call', async () => {
+  const kms = createFakeKmsV1();
+  const writer = createKmsV1Transformer({ name: 'p', service: kms, cacheSize: 10 });
+  const stored = await writer.transformToStorage(VALUE, ctx());
+  const reader = createKmsV1Transformer({ name: 'p', service: kms, cacheSize: 10 });
+  const results = await Promise.all(
+    Array.from({ length: 8 }, () => reader.transformFromStorage(stored, ctx())),
+  );
+  assert.ok(results.every((r) => r.data.equals(VALUE)));
+  assert.equal(kms.calls.decrypt, 1);
 });

@@ -184,12 +184,17 @@ test('stores valid annotations and passes them, the key id and a uid to Decrypt'
   const { t, kms } = setup();
   kms.annotations = {
     'version.encryption.remote.io': Buffer.from('1'),
-    'a.example.io.': Buffer.alloc(32768 - 'a.example.io.'.length - 'version.encryption.remote.io'.length - 1),
+    'a.example.io.': Buffer.alloc(
+      32768 - 'a.example.io.'.length - 'version.encryption.remote.io'.length - 1,
+    ),
   };
   assert.equal((await t.refreshStatus()).ok, true);
   const stored = await t.transformToStorage(VALUE, ctx());
   const obj = EncryptedObject.decode(stored);
-  assert.deepEqual(Object.keys(obj.annotations).sort(), ['a.example.io.', 'version.encryption.remote.io']);
+  assert.deepEqual(Object.keys(obj.annotations).sort(), [
+    'a.example.io.',
+    'version.encryption.remote.io',
+  ]);
   let seen: { keyID: string; uid: string; annotations: string[] } | undefined;
   const reader = createKmsV2Transformer({
     name: 'kms2',
@@ -216,7 +221,10 @@ test('validates Status: healthz, version (and that it does not change) and key_i
   kms.status_.healthz = 'degraded';
   let h = await t.refreshStatus();
   assert.equal(h.ok, false);
-  assert.equal(h.error!.message, 'kmsv2 Provider kms2 is not healthy, error: got unexpected healthz status: degraded');
+  assert.equal(
+    h.error!.message,
+    'kmsv2 Provider kms2 is not healthy, error: got unexpected healthz status: degraded',
+  );
   // The key_id was valid, so the seed was generated all the same.
   assert.equal(kms.calls.encrypt, 1);
 
@@ -229,7 +237,10 @@ test('validates Status: healthz, version (and that it does not change) and key_i
   kms.status_.version = 'v2beta1';
   h = await t.refreshStatus();
   assert.equal(h.ok, false);
-  assert.match(h.error!.message, /KMSv2 API version should not change after the initial status response version v2, got v2beta1/);
+  assert.match(
+    h.error!.message,
+    /KMSv2 API version should not change after the initial status response version v2, got v2beta1/,
+  );
 
   kms.status_.version = 'v2';
   kms.status_.keyID = '';
@@ -466,4 +477,26 @@ test('polling can start without an immediate check and with custom intervals', a
   assert.equal(await ft.fire(), 5);
   assert.equal(kms.calls.status, 1);
   handle.stop();
+});
+
+test('concurrent reads of values sharing an uncached seed make one Decrypt call; failures are not cached', async () => {
+  const writer = setup();
+  await writer.t.refreshStatus();
+  const values = await Promise.all([1, 2, 3].map(() => writer.t.transformToStorage(VALUE, ctx())));
+  const reader = createKmsV2Transformer({
+    name: 'kms2',
+    service: writer.kms,
+    allowReadWithoutStatus: true,
+  });
+  writer.kms.decryptFails = true;
+  await assert.rejects(reader.transformFromStorage(values[0]!, ctx()), {
+    code: 'ERR_KMS_CALL_FAILED',
+  });
+  writer.kms.decryptFails = false;
+  const before = writer.kms.calls.decrypt;
+  const results = await Promise.all(
+    [...values, ...values].map((v) => reader.transformFromStorage(v, ctx())),
+  );
+  assert.ok(results.every((r) => r.data.equals(VALUE)));
+  assert.equal(writer.kms.calls.decrypt - before, 1);
 });

@@ -36,7 +36,9 @@ test('writes with the first provider and its first key', async () => {
 });
 
 test('reading with a key that is not the first one is stale', async () => {
-  const oldOnly = createPrefixTransformers([createKeyedProvider('secretbox', [{ name: 'old', secret: K2 }])]);
+  const oldOnly = createPrefixTransformers([
+    createKeyedProvider('secretbox', [{ name: 'old', secret: K2 }]),
+  ]);
   const rotated = createPrefixTransformers([
     createKeyedProvider('secretbox', [
       { name: 'new', secret: K1 },
@@ -73,16 +75,24 @@ test('with identity last, plaintext reads are stale and encrypted ones fresh', a
 });
 
 test('overlapping prefixes fall through: a failing provider is remembered, the next one is tried', async () => {
-  const first = createKeyedProvider('aesgcm', [{ name: 'k', secret: K1 }], { description: 'first' });
-  const second = createKeyedProvider('aesgcm', [{ name: 'k', secret: K2 }], { description: 'second' });
+  const first = createKeyedProvider('aesgcm', [{ name: 'k', secret: K1 }], {
+    description: 'first',
+  });
+  const second = createKeyedProvider('aesgcm', [{ name: 'k', secret: K2 }], {
+    description: 'second',
+  });
   const stored = await write(createPrefixTransformers([second]));
   const t = createPrefixTransformers([first, second]);
   assert.deepEqual(await t.transformFromStorage(stored, ctx()), { data: VALUE, stale: true });
 });
 
 test('when every matching provider fails, the error lists each attempt with its description', async () => {
-  const a = createKeyedProvider('aesgcm', [{ name: 'k', secret: K1 }], { description: 'providers[0]' });
-  const b = createKeyedProvider('aesgcm', [{ name: 'k', secret: K2 }], { description: 'providers[1]' });
+  const a = createKeyedProvider('aesgcm', [{ name: 'k', secret: K1 }], {
+    description: 'providers[0]',
+  });
+  const b = createKeyedProvider('aesgcm', [{ name: 'k', secret: K2 }], {
+    description: 'providers[1]',
+  });
   const foreign = await write(
     createPrefixTransformers([createKeyedProvider('aesgcm', [{ name: 'k', secret: rnd(32) }])]),
   );
@@ -105,18 +115,28 @@ test('when every matching provider fails, the error lists each attempt with its 
 test('a single failure keeps its own code and names its provider and key', async () => {
   const t = createPrefixTransformers([createKeyedProvider('aescbc', [{ name: 'k', secret: K1 }])]);
   const stored = await write(t);
-  await assert.rejects(t.transformFromStorage(stored.subarray(0, stored.length - 1), ctx()), (err: unknown) => {
-    assert.ok(err instanceof ProvidersFailedError);
-    assert.equal(err.code, 'ERR_FORMAT_MALFORMED');
-    assert.equal(err.message, 'aescbc key "k": the stored data is not a multiple of the block size');
-    assert.equal(err.attempts.length, 1);
-    return true;
-  });
+  await assert.rejects(
+    t.transformFromStorage(stored.subarray(0, stored.length - 1), ctx()),
+    (err: unknown) => {
+      assert.ok(err instanceof ProvidersFailedError);
+      assert.equal(err.code, 'ERR_FORMAT_MALFORMED');
+      assert.equal(
+        err.message,
+        'aescbc key "k": the stored data is not a multiple of the block size',
+      );
+      assert.equal(err.attempts.length, 1);
+      return true;
+    },
+  );
 });
 
 test('an unknown key name gives the per-provider no-matching-key error', async () => {
-  const writer = createPrefixTransformers([createKeyedProvider('secretbox', [{ name: 'gone', secret: K1 }])]);
-  const t = createPrefixTransformers([createKeyedProvider('secretbox', [{ name: 'k', secret: K1 }])]);
+  const writer = createPrefixTransformers([
+    createKeyedProvider('secretbox', [{ name: 'gone', secret: K1 }]),
+  ]);
+  const t = createPrefixTransformers([
+    createKeyedProvider('secretbox', [{ name: 'k', secret: K1 }]),
+  ]);
   await assert.rejects(t.transformFromStorage(await write(writer), ctx()), (err: unknown) => {
     assert.ok(err instanceof ProvidersFailedError);
     assert.equal(err.code, 'ERR_FORMAT_NO_MATCHING_PROVIDER');
@@ -126,8 +146,12 @@ test('an unknown key name gives the per-provider no-matching-key error', async (
     );
     return true;
   });
-  const aes = createPrefixTransformers([createKeyedProvider('aesgcm', [{ name: 'k', secret: K1 }])]);
-  const aesWriter = createPrefixTransformers([createKeyedProvider('aesgcm', [{ name: 'x', secret: K1 }])]);
+  const aes = createPrefixTransformers([
+    createKeyedProvider('aesgcm', [{ name: 'k', secret: K1 }]),
+  ]);
+  const aesWriter = createPrefixTransformers([
+    createKeyedProvider('aesgcm', [{ name: 'x', secret: K1 }]),
+  ]);
   await assert.rejects(aes.transformFromStorage(await write(aesWriter), ctx()), {
     message: 'aesgcm: no matching key was found for the provided AES transformer',
   });
@@ -138,12 +162,15 @@ test('a value no prefix matches gives the no-match error (identity failures stay
     createIdentityProvider(),
     createKeyedProvider('aesgcm', [{ name: 'k', secret: K1 }]),
   ]);
-  await assert.rejects(t.transformFromStorage(Buffer.from('k8s:enc:unknown:v1:x'), ctx()), (err: unknown) => {
-    assert.ok(err instanceof FormatInvalidError);
-    assert.equal(err.code, 'ERR_FORMAT_NO_MATCHING_PROVIDER');
-    assert.equal(err.message, 'no matching prefix found');
-    return true;
-  });
+  await assert.rejects(
+    t.transformFromStorage(Buffer.from('k8s:enc:unknown:v1:x'), ctx()),
+    (err: unknown) => {
+      assert.ok(err instanceof FormatInvalidError);
+      assert.equal(err.code, 'ERR_FORMAT_NO_MATCHING_PROVIDER');
+      assert.equal(err.message, 'no matching prefix found');
+      return true;
+    },
+  );
   const custom = createPrefixTransformers(
     [createKeyedProvider('aesgcm', [{ name: 'k', secret: K1 }])],
     () => new AtrestError('ERR_FORMAT_NO_MATCHING_PROVIDER', 'custom'),
@@ -165,8 +192,14 @@ test('identity writes the value unchanged and refuses to read encrypted data', a
 });
 
 test('keyed providers refuse keys of the wrong size as programmer errors', () => {
-  assert.throws(() => createKeyedProvider('aesgcm', [{ name: 'k', secret: Buffer.alloc(20) }]), RangeError);
-  assert.throws(() => createKeyedProvider('secretbox', [{ name: 'k', secret: Buffer.alloc(16) }]), RangeError);
+  assert.throws(
+    () => createKeyedProvider('aesgcm', [{ name: 'k', secret: Buffer.alloc(20) }]),
+    RangeError,
+  );
+  assert.throws(
+    () => createKeyedProvider('secretbox', [{ name: 'k', secret: Buffer.alloc(16) }]),
+    RangeError,
+  );
   assert.throws(() => createKeyedProvider('aescbc', []), TypeError);
   assert.throws(() => createPrefixTransformers([]), TypeError);
 });

@@ -5,7 +5,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { AtrestError } from '../../src/errors.js';
-import { createKeyedProvider, createPrefixTransformers, createIdentityProvider } from '../../src/transformers/prefix.js';
+import {
+  createKeyedProvider,
+  createPrefixTransformers,
+  createIdentityProvider,
+} from '../../src/transformers/prefix.js';
 import type { KeyedProviderName } from '../../src/transformers/prefix.js';
 import { createKmsV1Transformer } from '../../src/transformers/kms-v1.js';
 import { createKmsV2Transformer, decodeEncryptedObject } from '../../src/transformers/kms-v2.js';
@@ -59,7 +63,10 @@ test('kms v1 and kms v2 round-trip random values and etcd keys', async () => {
   await fc.assert(
     fc.asyncProperty(fc.nat(1), valueArb, etcdKeyArb, async (which, value, etcdKey) => {
       const t = lists[which]!;
-      const back = await t.transformFromStorage(await t.transformToStorage(value, ctx(etcdKey)), ctx(etcdKey));
+      const back = await t.transformFromStorage(
+        await t.transformToStorage(value, ctx(etcdKey)),
+        ctx(etcdKey),
+      );
       assert.deepEqual(back.data, Buffer.from(value));
     }),
     { numRuns: RUNS },
@@ -148,13 +155,18 @@ test('values written for one reader never read as plaintext under another key (w
       valueArb,
       async (provider, k1, k2, value) => {
         fc.pre(!Buffer.from(k1).equals(Buffer.from(k2)));
-        const w = createPrefixTransformers([createKeyedProvider(provider, [{ name: 'k', secret: k1 }])]);
+        const w = createPrefixTransformers([
+          createKeyedProvider(provider, [{ name: 'k', secret: k1 }]),
+        ]);
         const r = createPrefixTransformers([
           createKeyedProvider(provider, [{ name: 'k', secret: k2 }]),
           createIdentityProvider(),
         ]);
         const stored = await w.transformToStorage(value, ctx('/k'));
-        await assert.rejects(r.transformFromStorage(stored, ctx('/k')), (err: unknown) => err instanceof AtrestError);
+        await assert.rejects(
+          r.transformFromStorage(stored, ctx('/k')),
+          (err: unknown) => err instanceof AtrestError,
+        );
       },
     ),
     { numRuns: RUNS },

@@ -11,10 +11,7 @@ import { describeStoredValue } from '../../src/transformers/describe.js';
 const context = { authenticatedData: Buffer.from(GOLDEN_ETCD_KEY, 'utf8') };
 
 test('every golden case has a recorded vector and every recorded vector a case', () => {
-  assert.deepEqual(
-    GOLDEN_CASES.map((c) => c.name).sort(),
-    Object.keys(RECORDED_GOLDEN).sort(),
-  );
+  assert.deepEqual(GOLDEN_CASES.map((c) => c.name).sort(), Object.keys(RECORDED_GOLDEN).sort());
 });
 
 for (const c of GOLDEN_CASES) {

@@ -47,7 +47,10 @@ export const GOLDEN_CASES: readonly GoldenCase[] = [
   {
     name: 'kms-v1',
     async make() {
-      const kms = createFakeKmsV1(goldenSecret('kms-v1 kek', 32), deterministicRandom('golden kms-v1 kek nonces'));
+      const kms = createFakeKmsV1(
+        goldenSecret('kms-v1 kek', 32),
+        deterministicRandom('golden kms-v1 kek nonces'),
+      );
       return createPrefixTransformers([
         createKmsV1Transformer({
           name: 'golden',
@@ -61,7 +64,10 @@ export const GOLDEN_CASES: readonly GoldenCase[] = [
   {
     name: 'kms-v1-legacy-cbc',
     async make() {
-      const kms = createFakeKmsV1(goldenSecret('kms-v1 kek', 32), deterministicRandom('golden kms-v1-cbc kek nonces'));
+      const kms = createFakeKmsV1(
+        goldenSecret('kms-v1 kek', 32),
+        deterministicRandom('golden kms-v1-cbc kek nonces'),
+      );
       return createPrefixTransformers([
         createKmsV1Transformer({
           name: 'golden',

@@ -46,7 +46,9 @@ test('reads the upstream AES-GCM legacy compatibility vector (kms-spec 7.1)', as
   const r = await t.transformFromStorage(Buffer.from(GCM_LEGACY, 'hex'), bamboo);
   assert.equal(r.data.toString('utf8'), PANDAS);
   await assert.rejects(
-    t.transformFromStorage(Buffer.from(GCM_LEGACY, 'hex'), { authenticatedData: Buffer.from('bamboO') }),
+    t.transformFromStorage(Buffer.from(GCM_LEGACY, 'hex'), {
+      authenticatedData: Buffer.from('bamboO'),
+    }),
     { code: 'ERR_DECRYPTION_FAILED' },
   );
 });

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# `npm run bench -- conformance`: atrest serve (local keyring) against the reference Go plugin
+# (conformance/refplugin: k8s.io/kms/pkg/service + in-memory AES-256-GCM key), both driven by the same
+# Go load generator (conformance/apiserver-v0.37/cmd/loadgen: the API server's own KMS v2 gRPC client,
+# Encrypt of 32 random bytes then Decrypt of the answer). Closed loop at concurrency 1, 16 and 64, then
+# an open loop at a fixed 1,000 RPC/s. Server CPU comes from /proc/PID/stat (utime+stime) of the plugin
+# process. Runs alternate atrest / Go so machine noise hits both. Writes bench/results/conformance.md.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+. conformance/tools.sh
+conformance_build_tools
+
+DURATION="${BENCH_DURATION:-5s}"
+ATREST_CMD="${ATREST_CMD:-node $root/dist/src/cli/main.js}"
+work="$(mktemp -d /tmp/atrest-bench-conf-XXXXXX)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_socket() {
+  for _ in $(seq 1 300); do
+    [ -S "$1" ] && return 0
+    sleep 0.1
+  done
+  echo "no socket at $1" >&2
+  return 1
+}
+
+# shellcheck disable=SC2086
+$ATREST_CMD keys init --keyring "$work/keyring" >/dev/null
+# exec: the PID we measure is the Node process itself.
+bash -c "exec $ATREST_CMD serve --listen unix://$work/atrest.sock --keyring $work/keyring --health-listen off --log-level warn" &
+atrest_pid=$!
+pids+=("$atrest_pid")
+"$REFPLUGIN" serve --listen "unix://$work/ref.sock" &
+ref_pid=$!
+pids+=("$ref_pid")
+wait_socket "$work/atrest.sock"
+wait_socket "$work/ref.sock"
+
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
+: >"$work/results.jsonl"
+measure() { # name socket pid loadgen-args...
+  local name="$1" sock="$2" pid="$3"
+  shift 3
+  local line
+  line="$("$LOADGEN" -endpoint "unix://$sock" -pid "$pid" -duration "$DURATION" "$@")"
+  echo "$name $line"
+  echo "{\"plugin\":\"$name\",\"r\":$line}" >>"$work/results.jsonl"
+}
+for c in 1 16 64; do
+  measure atrest "$work/atrest.sock" "$atrest_pid" -concurrency "$c"
+  measure go "$work/ref.sock" "$ref_pid" -concurrency "$c"
+done
+measure atrest "$work/atrest.sock" "$atrest_pid" -concurrency 64 -rate 1000
+measure go "$work/ref.sock" "$ref_pid" -concurrency 64 -rate 1000
+load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+mkdir -p bench/results
+node - "$work/results.jsonl" "$load_start" "$load_end" "$DURATION" "${ATREST_CMD//$root\//}" <<'NODE' >bench/results/conformance.md
+const fs = require('node:fs');
+const os = require('node:os');
+const { execSync } = require('node:child_process');
+const [file, loadStart, loadEnd, duration, atrestCmd] = process.argv.slice(2);
+const rows = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+const find = (plugin, c, rate) => rows.find((x) => x.plugin === plugin && x.r.concurrency === c && x.r.rate === rate).r;
+const f = (n, d = 2) => n.toFixed(d);
+const out = [];
+out.push('## Conformance load: atrest vs. a Go KMS plugin (KMS v2, upstream client)', '');
+out.push('Command: `npm run bench -- conformance` (bench/conformance.bench.sh). Client: the API server\'s');
+out.push('KMS v2 gRPC client (`k8s.io/apiserver` v0.37.2 `kmsv2.NewGRPCService`) in');
+out.push('`conformance/apiserver-v0.37/cmd/loadgen`; each iteration is Encrypt(32 random bytes) then Decrypt,');
+out.push('every RPC timed. Go reference: `conformance/refplugin` (`k8s.io/kms/pkg/service` v0.37.2, in-memory');
+out.push('AES-256-GCM key). atrest: `' + atrestCmd + ' serve` with a local keyring. Server CPU = utime+stime of the plugin');
+out.push(`process (/proc/PID/stat) over the ${duration} measured window, after a 1 s warm-up; runs alternate atrest / Go.`, '');
+const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+const gov = execSync('go version').toString().trim().replace(/^go version /, '');
+out.push(`Machine: ${os.cpus().length} × ${cpu} (shared with other jobs; load average ${loadStart} at start, ${loadEnd} at end), Node ${process.version}, ${gov}.`, '');
+out.push('| concurrency | plugin | RPC/s | p50 ms | p99 ms | server CPU s / 10k RPC | errors |');
+out.push('|---:|---|---:|---:|---:|---:|---:|');
+const ratios = [];
+for (const c of [1, 16, 64]) {
+  for (const p of ['atrest', 'go']) {
+    const r = find(p, c, 0);
+    out.push(`| ${c} | ${p === 'go' ? 'Go reference' : 'atrest'} | ${f(r.rpc_per_sec, 0)} | ${f(r.p50_ms, 3)} | ${f(r.p99_ms, 3)} | ${f(r.server_cpu_s_per_10k_rpc, 3)} | ${r.errors} |`);
+  }
+  const a = find('atrest', c, 0), g = find('go', c, 0);
+  ratios.push([c, a.server_cpu_s_per_10k_rpc / g.server_cpu_s_per_10k_rpc, a.rpc_per_sec / g.rpc_per_sec, a.p99_ms / g.p99_ms]);
+}
+out.push('', '| concurrency | atrest/Go server CPU per RPC | atrest/Go RPC/s | atrest/Go p99 |', '|---:|---:|---:|---:|');
+for (const [c, cpuR, rpsR, p99R] of ratios) out.push(`| ${c} | ${f(cpuR)}× | ${f(rpsR)}× | ${f(p99R)}× |`);
+const fa = find('atrest', 64, 1000), fg = find('go', 64, 1000);
+out.push('', 'Fixed rate 1,000 RPC/s (open loop, latency from the scheduled start, 64 workers):', '');
+out.push('| plugin | achieved RPC/s | p50 ms | p99 ms | server CPU s / 10k RPC | errors |', '|---|---:|---:|---:|---:|---:|');
+for (const [n, r] of [['atrest', fa], ['Go reference', fg]]) out.push(`| ${n} | ${f(r.rpc_per_sec, 0)} | ${f(r.p50_ms, 3)} | ${f(r.p99_ms, 3)} | ${f(r.server_cpu_s_per_10k_rpc, 3)} | ${r.errors} |`);
+const worstCpu = Math.max(...ratios.map((x) => x[1]));
+out.push('', 'Targets (issue 3):', '');
+out.push(`- server CPU per RPC ≤ 2× Go: ${worstCpu <= 2 ? 'met' : 'NOT met'} (worst ratio ${f(worstCpu)}× over concurrency 1/16/64).`);
+out.push(`- p99 < 2 ms at 1,000 RPC/s: ${fa.p99_ms < 2 ? 'met' : 'NOT met'} (atrest ${f(fa.p99_ms, 3)} ms; Go reference ${f(fg.p99_ms, 3)} ms on the same machine in the same run).`);
+console.log(out.join('\n'));
+NODE
+cat bench/results/conformance.md
