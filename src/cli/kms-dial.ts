@@ -9,36 +9,14 @@ import { loadEncryptionConfiguration } from '../config/load.js';
 import type { EncryptionConfiguration } from '../config/types.js';
 import { createPolicyResolver, type PolicyResolver } from '../etcd/policy.js';
 import { hashConfig } from '../etcd/rewrite.js';
-import type { KmsV1Service, KmsV2Service } from '../transformers/kms-services.js';
+import { createKmsV1Client, createKmsV2Client } from '../kms-client/index.js';
+import type { KmsV2Transformer } from '../transformers/kms-v2.js';
 
-type Closable<T> = T & { close?(): void | Promise<void> };
-
-interface KmsClientModule {
-  createKmsV1Client(options: { endpoint: string; timeoutMs: number }): Closable<KmsV1Service>;
-  createKmsV2Client(options: { endpoint: string; timeoutMs: number }): Closable<KmsV2Service>;
-}
-
-async function loadKmsClients(): Promise<KmsClientModule | undefined> {
-  // Loaded lazily: configs without kms providers never touch the gRPC client code.
-  const specifier = '../kms-client/index.js';
-  try {
-    return (await import(specifier)) as KmsClientModule;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Dial functions for buildTransformers backed by atrest's KMS gRPC clients. */
-export async function createKmsDialer(config: EncryptionConfiguration): Promise<BuildDeps> {
-  const usesKms = config.resources.some((r) => r.providers.some((p) => 'kms' in p));
-  if (!usesKms) return {};
-  const mod = await loadKmsClients();
-  if (mod === undefined) {
-    throw new AtrestError('ERR_NOT_SUPPORTED', 'the KMS client module (src/kms-client) is not available in this build');
-  }
+/** Dial functions for buildTransformers backed by atrest's KMS gRPC clients (UNIX sockets). */
+export function createKmsDialer(): BuildDeps {
   return {
-    dialKmsV1: (endpoint, timeoutMs) => mod.createKmsV1Client({ endpoint, timeoutMs }),
-    dialKmsV2: (endpoint, timeoutMs) => mod.createKmsV2Client({ endpoint, timeoutMs }),
+    dialKmsV1: (endpoint, timeoutMs) => createKmsV1Client({ endpoint, timeoutMs }),
+    dialKmsV2: (endpoint, timeoutMs) => createKmsV2Client({ endpoint, timeoutMs }),
   };
 }
 
@@ -65,7 +43,7 @@ export interface OpenEncryptionOptions {
 export async function openEncryption(options: OpenEncryptionOptions): Promise<EncryptionContext> {
   const config = await loadEncryptionConfiguration(options.configPath);
   const configHash = hashConfig(await readFile(options.configPath));
-  const deps = options.deps ?? (await createKmsDialer(config));
+  const deps = options.deps ?? createKmsDialer();
   const built = buildTransformers(config, {
     ...deps,
     // Disaster recovery and scans must read even when a plugin's Status fails; writes never do.
@@ -75,8 +53,7 @@ export async function openEncryption(options: OpenEncryptionOptions): Promise<En
   try {
     for (const handle of built.kmsProviders) {
       if (handle.config.apiVersion !== 'v2') continue;
-      const t = handle.transformer as { refreshStatus?: () => Promise<{ ok: boolean; error?: Error }> };
-      const health = await t.refreshStatus!();
+      const health = await (handle.transformer as KmsV2Transformer).refreshStatus();
       if (!health.ok) {
         const msg = `kms v2 provider "${handle.config.name}" (${handle.config.endpoint}): ${health.error?.message ?? 'Status failed'}`;
         if (options.mode === 'write') throw new AtrestError('ERR_UNHEALTHY', `cannot write: ${msg}`, { cause: health.error });
@@ -89,7 +66,7 @@ export async function openEncryption(options: OpenEncryptionOptions): Promise<En
   }
   const kmsV2KeyID = (name: string): string | undefined => {
     const h = built.kmsProviders.find((k) => k.config.apiVersion === 'v2' && k.config.name === name);
-    return (h?.transformer as { currentState?: () => { keyID: string } | undefined } | undefined)?.currentState?.()?.keyID;
+    return h === undefined ? undefined : (h.transformer as KmsV2Transformer).currentState()?.keyID;
   };
   const policies = createPolicyResolver(config, options.etcdPrefix, {
     transformerFor: (gr) => built.transformerFor(gr),

@@ -42,8 +42,8 @@ export function renderScanReport(report: ScanReport, title = 'scan'): string {
     r.writeProvider,
     Object.entries(r.formats)
       .sort((a, b) => b[1] - a[1])
-      .map(([f, n]) => `${f}:${n}`)
-      .join(' '),
+      .map(([f, n]) => `${f} (${n})`)
+      .join(', '),
   ]);
   const t = report.totals;
   rows.push(['TOTAL', String(t.keys), String(t.plaintext), String(t.encrypted), String(t.current),

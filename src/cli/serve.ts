@@ -80,6 +80,10 @@ export function registerServe(program: Command, version: string): void {
 async function runServe(flags: ServeFlags, version: string): Promise<void> {
   const level: LogLevel = isLogLevel(flags.logLevel) ? flags.logLevel : 'info';
   const logger = createJsonLogger((line) => process.stderr.write(line), level);
+  // SIGHUP's default action kills the process: ignore it until the real handler is installed (a
+  // reload during start-up is moot, the keys are being read anyway).
+  const ignoreHup = (): void => {};
+  process.on('SIGHUP', ignoreHup);
 
   let listen = flags.listen;
   let keyringFlags: Record<string, unknown> = {};
@@ -226,6 +230,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     },
     hardDeadlineMs: graceMs + 5_000,
   });
+  process.off('SIGHUP', ignoreHup);
   logger.info('serving', {
     endpoint: listen,
     socket: endpoint.path,

@@ -56,7 +56,13 @@ export function decodeConfigText(text: string): DecodeResult {
   }
   for (const doc of list) {
     for (const err of doc.errors) {
-      problems.push({ path: '(file)', message: `syntax error: ${err.message.split('\n')[0]}` });
+      // Position and error code only: the parser's own message may quote the offending text, which
+      // could be part of a secret.
+      const offset = err.pos[0];
+      const line = text.slice(0, offset).split('\n').length;
+      const col = offset - text.lastIndexOf('\n', offset - 1);
+      const where = ` at line ${line}, column ${col}`;
+      problems.push({ path: '(file)', message: `YAML/JSON syntax error${where} (${err.code})` });
     }
   }
   if (problems.length > 0) return { value: undefined, problems };

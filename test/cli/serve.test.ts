@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import * as v1 from '../../src/proto/kms-v1beta1.js';
@@ -12,6 +12,7 @@ import * as v2 from '../../src/proto/kms-v2.js';
 import { createGrpcClient, type GrpcClient } from '../../src/grpc/client.js';
 import { readKeyringFile } from '../../src/backends/keyring-file.js';
 import { keyIDHash } from '../../src/health/plugin-metrics.js';
+import { RawH2Client, grpcFrame, grpcRequestBlock, hpackLiteral, messageOf, statusOf } from '../grpc/raw-h2.js';
 import { httpGet, newKeyringFile, runCli, spawnCli, tempDir, type Cleanup } from '../kms/helpers.js';
 
 const T = { timeoutMs: 5000 };
@@ -216,7 +217,6 @@ test('/livez, /healthz, /readyz and /metrics answer on the health listener', asy
 
 test('/readyz fails but /livez stays ok when the socket file is deleted', async (t) => {
   const s = await serve(t, ['--socket-check-interval', '3600']);
-  const { unlink } = await import('node:fs/promises');
   await unlink(s.socket);
   const ready = await httpGet(`${s.health}/readyz`);
   assert.equal(ready.status, 503);
@@ -226,7 +226,6 @@ test('/readyz fails but /livez stays ok when the socket file is deleted', async 
 
 test('a deleted socket file is re-created by the watchdog and serves again', async (t) => {
   const s = await serve(t, ['--socket-check-interval', '0.2']);
-  const { unlink } = await import('node:fs/promises');
   await unlink(s.socket);
   await s.proc.waitForLog('socket file was deleted or replaced; re-created it');
   const st = await stat(s.socket);
@@ -300,9 +299,6 @@ test('a live listener elsewhere on the same path stays untouched after serve ref
 });
 
 test('serve answers v1 and v2 calls whose :authority is the raw socket path, as old API servers send', async (t) => {
-  const { RawH2Client, grpcRequestBlock, hpackLiteral, grpcFrame, statusOf, messageOf } = await import(
-    '../grpc/raw-h2.js'
-  );
   const s = await serve(t);
   const c = await RawH2Client.connect(s.socket);
   t.after(() => c.close());

@@ -1,3 +1,6 @@
+// buildTransformers: prefix routing per rule, write provider description, kms dialling. Byte parity with
+// kube-apiserver is in test/parity/transform-parity.test.ts.
+
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildTransformers, parseEncryptionConfiguration } from '../../src/config/index.js';

@@ -1,3 +1,6 @@
+// Which providers handle a resource (exact, `*.<group>`, `*.*`, identity) and which resource an etcd key
+// belongs to.
+
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {

@@ -3,10 +3,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readFile, stat, writeFile, readdir } from 'node:fs/promises';
+import { mkdir, readFile, stat, unlink, writeFile, readdir } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { linkSync, renameSync } from 'node:fs';
 import { AtrestError } from '../../src/errors.js';
 import { parseUnixEndpoint } from '../../src/grpc/endpoint.js';
 import {
@@ -42,11 +43,9 @@ async function staleSocket(path: string): Promise<void> {
   const server: Server = createServer();
   await new Promise<void>((r) => server.listen(path, r));
   // Closing the handle would unlink the path; duplicate it first so the file survives.
-  const { linkSync } = await import('node:fs');
   const keep = path + '.keep';
   linkSync(path, keep);
   await new Promise<void>((r) => server.close(() => r()));
-  const { renameSync } = await import('node:fs');
   renameSync(keep, path);
 }
 
@@ -173,7 +172,6 @@ test('a deleted socket file is noticed and re-created with mode 0600', async (t)
   t.after(() => l.close());
   assert.equal(await l.present(), true);
   assert.equal(await l.restore(), false, 'nothing to do while the socket is there');
-  const { unlink } = await import('node:fs/promises');
   await unlink(path);
   assert.equal(await l.present(), false);
   assert.equal(await l.restore(), true);
@@ -187,7 +185,6 @@ test('a socket replaced by a regular file is reported and the file left alone', 
   const path = join(dir, 'kms.sock');
   const l = await listenUnix(parseUnixEndpoint(`unix://${path}`), {}, (s) => s.destroy());
   t.after(() => l.close());
-  const { unlink } = await import('node:fs/promises');
   await unlink(path);
   await writeFile(path, 'someone else');
   assert.equal(await l.present(), false);

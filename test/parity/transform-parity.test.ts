@@ -1,14 +1,20 @@
-// Byte compatibility with kube-apiserver, both directions: for every local provider, values written by
-// the upstream transformers (k8s.io/apiserver, via the Go oracle loading the same EncryptionConfiguration)
-// read back in atrest, and values atrest writes read back upstream, with the same stale verdicts.
+// Byte compatibility with kube-apiserver, both directions, for every provider: values written by the
+// upstream transformers (k8s.io/apiserver, via the Go oracle loading the same EncryptionConfiguration)
+// read back in atrest, and values atrest writes read back upstream, with the same stale verdicts. kms v1
+// and kms v2 go through ONE running atrest plugin (`atrest serve`, keyring backend), which both sides'
+// own gRPC clients (grpc-go upstream, src/kms-client here) talk to.
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { buildTransformers, parseEncryptionConfiguration, type BuiltTransformers } from '../../src/config/index.js';
+import { createKmsV1Client, createKmsV2Client } from '../../src/kms-client/index.js';
+import { describeStoredValue } from '../../src/transformers/describe.js';
 import { startOracle, type Oracle } from './oracle.js';
 
 const key = (fill: number, n = 32): string => Buffer.alloc(n, fill).toString('base64');
@@ -156,5 +162,127 @@ describe('storage transformers are byte-compatible with kube-apiserver (k8s.io/a
       data: plain.data,
       stale: plain.stale,
     });
+  });
+});
+
+const MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+
+const KMS_CASES = [
+  { provider: 'kms v2', gr: { group: '', resource: 'secrets' }, etcdKey: '/registry/secrets/default/s1', prefix: 'k8s:enc:kms:v2:atrest-v2:' },
+  { provider: 'kms v1', gr: { group: '', resource: 'configmaps' }, etcdKey: '/registry/configmaps/default/c1', prefix: 'k8s:enc:kms:v1:atrest-v1:' },
+  { provider: 'kms v1 without a DEK cache', gr: { group: 'batch', resource: 'jobs' }, etcdKey: '/registry/jobs/default/j1', prefix: 'k8s:enc:kms:v1:atrest-v1-nocache:' },
+] as const;
+const KMS_SIZES = [0, 1, 1024, 64 * 1024];
+
+async function waitFor(path: string, child: ChildProcess, stderr: () => string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!existsSync(path)) {
+    if (child.exitCode !== null) throw new Error(`atrest serve exited (${child.exitCode}): ${stderr()}`);
+    if (Date.now() > deadline) throw new Error(`atrest serve did not create ${path} in 30 s: ${stderr()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('kms v1 and kms v2 values are byte-compatible with kube-apiserver through the same atrest plugin', () => {
+  let dir: string;
+  let serve: ChildProcess | undefined;
+  let oracle: Oracle | undefined;
+  let ours: BuiltTransformers | undefined;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'atrest-kms-parity-'));
+    const keyring = join(dir, 'keyring.json');
+    const socket = join(dir, 'kms.sock');
+    const init = spawnSync(process.execPath, [MAIN, 'keys', 'init', '--keyring', keyring], { encoding: 'utf8' });
+    assert.equal(init.status, 0, `atrest keys init: ${init.stderr}`);
+    serve = spawn(process.execPath, [MAIN, 'serve', '--listen', `unix://${socket}`, '--keyring', keyring, '--health-listen', 'off'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let log = '';
+    serve.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
+    await waitFor(socket, serve, () => log);
+
+    const text = `apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [secrets]
+    providers:
+      - kms: {apiVersion: v2, name: atrest-v2, endpoint: "unix://${socket}", timeout: 10s}
+  - resources: [configmaps]
+    providers:
+      - kms: {apiVersion: v1, name: atrest-v1, endpoint: "unix://${socket}", timeout: 10s}
+  - resources: [jobs.batch]
+    providers:
+      - kms: {name: atrest-v1-nocache, endpoint: "unix://${socket}", cachesize: -1, timeout: 10s}
+`;
+    const file = join(dir, 'enc.yaml');
+    writeFileSync(file, text);
+    oracle = startOracle({ kmsV1: true });
+    const loaded = await oracle.load(file, { keep: true });
+    assert.ok(loaded.ok, `kube-apiserver's loader: ${loaded.error}`);
+    ours = buildTransformers(parseEncryptionConfiguration(text, file), {
+      dialKmsV1: (endpoint, timeoutMs) => createKmsV1Client({ endpoint, timeoutMs }),
+      dialKmsV2: (endpoint, timeoutMs) => createKmsV2Client({ endpoint, timeoutMs }),
+    });
+    for (const k of ours.kmsProviders) {
+      if ('refreshStatus' in k.transformer) {
+        const h = await k.transformer.refreshStatus();
+        assert.ok(h.ok, `Status through atrest's client: ${h.error?.message}`);
+      }
+    }
+  });
+
+  after(async () => {
+    await oracle?.close();
+    await ours?.close();
+    if (serve && serve.exitCode === null) {
+      const exited = new Promise((r) => serve!.once('exit', r));
+      serve.kill('SIGTERM');
+      const t = setTimeout(() => serve!.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(t);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  for (const c of KMS_CASES) {
+    it(`reads ${c.provider} values written by kube-apiserver`, async () => {
+      for (const size of KMS_SIZES) {
+        const plain = randomBytes(size);
+        const stored = await oracle!.toStorage(c.gr, c.etcdKey, plain);
+        assert.equal(stored.subarray(0, c.prefix.length).toString(), c.prefix);
+        const read = await ours!.transformerFor(c.gr).transformFromStorage(stored, ctx(c.etcdKey));
+        assert.ok(read.data.equals(plain), `${size} B`);
+        assert.equal(read.stale, false);
+      }
+    });
+
+    it(`writes ${c.provider} values kube-apiserver reads`, async () => {
+      for (const size of KMS_SIZES) {
+        const plain = randomBytes(size);
+        const stored = await ours!.transformerFor(c.gr).transformToStorage(plain, ctx(c.etcdKey));
+        assert.equal(stored.subarray(0, c.prefix.length).toString(), c.prefix);
+        const read = await oracle!.fromStorage(c.gr, c.etcdKey, stored);
+        assert.ok(read.data.equals(plain), `${size} B`);
+        assert.equal(read.stale, false);
+      }
+    });
+  }
+
+  it('writes kms v2 values under the key id both sides got from the same plugin Status', async () => {
+    const gr = KMS_CASES[0].gr;
+    const theirs = describeStoredValue(await oracle!.toStorage(gr, KMS_CASES[0].etcdKey, Buffer.from('x')));
+    const mine = describeStoredValue(await ours!.transformerFor(gr).transformToStorage(Buffer.from('x'), ctx(KMS_CASES[0].etcdKey)));
+    assert.ok(theirs.keyID && theirs.keyID.length > 0);
+    assert.equal(mine.keyID, theirs.keyID);
+    assert.equal(mine.dekSourceType, theirs.dekSourceType);
+    assert.equal(ours!.writeProviderFor(gr).keyID(), theirs.keyID);
+  });
+
+  it('both refuse a kms v2 value moved to another etcd key', async () => {
+    const gr = KMS_CASES[0].gr;
+    const stored = await oracle!.toStorage(gr, '/registry/secrets/a/one', Buffer.from('v'));
+    await assert.rejects(ours!.transformerFor(gr).transformFromStorage(stored, ctx('/registry/secrets/a/two')));
+    await assert.rejects(oracle!.fromStorage(gr, '/registry/secrets/a/two', stored));
   });
 });

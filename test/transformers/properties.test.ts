@@ -14,6 +14,7 @@ import type { KeyedProviderName } from '../../src/transformers/prefix.js';
 import { createKmsV1Transformer } from '../../src/transformers/kms-v1.js';
 import { createKmsV2Transformer, decodeEncryptedObject } from '../../src/transformers/kms-v2.js';
 import { describeStoredValue } from '../../src/transformers/describe.js';
+import { isFullyQualifiedDomainName } from '../../src/transformers/kms-v2-validation.js';
 import type { Transformer } from '../../src/transformers/transformer.js';
 import { createFakeKmsV1, createFakeKmsV2 } from './helpers.js';
 
@@ -170,5 +171,58 @@ test('values written for one reader never read as plaintext under another key (w
       },
     ),
     { numRuns: RUNS },
+  );
+});
+
+const labelArb = fc.stringMatching(/^[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?$/);
+const fqdnArb = fc.array(labelArb, { minLength: 2, maxLength: 4 }).map((l) => l.join('.'));
+
+test('kms v2 stores any valid annotations and reads them back in any order', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.dictionary(fqdnArb, fc.uint8Array({ maxLength: 64 }), { maxKeys: 5 }),
+      valueArb,
+      async (annotations, value) => {
+        const kms = createFakeKmsV2();
+        kms.annotations = Object.fromEntries(
+          Object.entries(annotations).map(([k, v]) => [k, Buffer.from(v)]),
+        );
+        const t = createKmsV2Transformer({ name: 'p', service: kms });
+        assert.equal((await t.refreshStatus()).ok, true);
+        const list = createPrefixTransformers([t]);
+        const stored = await list.transformToStorage(value, ctx('/k'));
+        assert.deepEqual(
+          describeStoredValue(stored).annotationKeys,
+          Object.keys(annotations).sort(),
+        );
+        const reader = createKmsV2Transformer({
+          name: 'p',
+          service: kms,
+          allowReadWithoutStatus: true,
+        });
+        const back = await createPrefixTransformers([reader]).transformFromStorage(
+          stored,
+          ctx('/k'),
+        );
+        assert.deepEqual(back.data, Buffer.from(value));
+      },
+    ),
+    { numRuns: 100 },
+  );
+});
+
+test('kms v2 refuses Encrypt annotations whose keys are not lowercase FQDNs', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.string({ minLength: 1, maxLength: 30 }).filter((k) => !isFullyQualifiedDomainName(k)),
+      async (badKey) => {
+        const kms = createFakeKmsV2();
+        kms.annotations = { [badKey]: Buffer.from('x') };
+        const t = createKmsV2Transformer({ name: 'p', service: kms });
+        assert.equal((await t.refreshStatus()).ok, false);
+        assert.equal(t.currentState(), undefined);
+      },
+    ),
+    { numRuns: 100 },
   );
 });

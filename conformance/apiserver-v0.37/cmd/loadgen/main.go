@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-logr/logr"
 	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2"
 	"k8s.io/klog/v2"
 	kmsservice "k8s.io/kms/pkg/service"
@@ -49,7 +50,7 @@ func main() {
 	rate := flag.Int("rate", 0, "RPCs per second (0 = closed loop, as fast as the workers go)")
 	pid := flag.Int("pid", 0, "server process whose CPU time is measured")
 	flag.Parse()
-	klog.LogToStderr(false)
+	klog.SetLogger(logr.Discard())
 	if *endpoint == "" {
 		fmt.Fprintln(os.Stderr, "loadgen: -endpoint is required")
 		os.Exit(2)
