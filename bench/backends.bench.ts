@@ -8,6 +8,7 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
+import { realpathSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -164,7 +165,7 @@ async function servePlugin(dir: string, name: string, args: readonly string[]): 
 
 function motoVersion(): string {
   try {
-    const python = join(findTool('moto_server', '30-moto.sh'), '..', 'python');
+    const python = join(realpathSync(findTool('moto_server', '30-moto.sh')), '..', 'python');
     const v = execFileSync(python, ['-c', 'import moto; print(moto.__version__)'], { encoding: 'utf8' }).trim();
     return `moto ${v}`;
   } catch {

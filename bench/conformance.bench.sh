@@ -5,6 +5,9 @@
 # Encrypt of 32 random bytes then Decrypt of the answer). Closed loop at concurrency 1, 16 and 64, then
 # an open loop at a fixed 1,000 RPC/s. Server CPU comes from /proc/PID/stat (utime+stime) of the plugin
 # process. Runs alternate atrest / Go so machine noise hits both. Writes bench/results/conformance.md.
+# BENCH_DURATION=10s lengthens each window (default 5s). BENCH_CPU_PROF=1 runs atrest under
+# `node --cpu-prof` (the profiler costs CPU too: use it to find hot spots, not for the results file, which
+# is then left untouched) and prints a summary from conformance/profile-summary.mjs.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,8 +40,14 @@ wait_socket() {
 
 # shellcheck disable=SC2086
 $ATREST_CMD keys init --keyring "$work/keyring" >/dev/null
+prof_dir="$root/.bench/conformance-cpuprof"
+node_flags=""
+if [ "${BENCH_CPU_PROF:-}" = 1 ]; then
+  rm -rf "$prof_dir" && mkdir -p "$prof_dir"
+  node_flags="--cpu-prof --cpu-prof-dir=$prof_dir"
+fi
 # exec: the PID we measure is the Node process itself.
-bash -c "exec $ATREST_CMD serve --listen unix://$work/atrest.sock --keyring $work/keyring --health-listen off --log-level warn" &
+bash -c "exec ${ATREST_CMD/#node /node $node_flags } serve --listen unix://$work/atrest.sock --keyring $work/keyring --health-listen off --log-level warn" &
 atrest_pid=$!
 pids+=("$atrest_pid")
 "$REFPLUGIN" serve --listen "unix://$work/ref.sock" &
@@ -64,6 +73,13 @@ done
 measure atrest "$work/atrest.sock" "$atrest_pid" -concurrency 64 -rate 1000
 measure go "$work/ref.sock" "$ref_pid" -concurrency 64 -rate 1000
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [ "${BENCH_CPU_PROF:-}" = 1 ]; then
+  kill -TERM "$atrest_pid" && wait "$atrest_pid" || true
+  node conformance/profile-summary.mjs "$(ls "$prof_dir"/*.cpuprofile | head -1)"
+  echo "profile kept in $prof_dir; bench/results/conformance.md not rewritten (profiled numbers)"
+  exit 0
+fi
 
 mkdir -p bench/results
 node - "$work/results.jsonl" "$load_start" "$load_end" "$DURATION" "${ATREST_CMD//$root\//}" <<'NODE' >bench/results/conformance.md

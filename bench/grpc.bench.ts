@@ -22,30 +22,6 @@ const CONCURRENCY = [1, 16, 64];
 const PACED_RATE = 1_000;
 const PACED_SECONDS = 5;
 
-// --- server mode: `node grpc.bench.js --serve ADDRESS [--no-normalize]` ---
-
-if (process.argv[2] === '--serve') {
-  const address = process.argv[3]!;
-  const normalizeAuthority = !process.argv.includes('--no-normalize');
-  const version = VersionResponse.encode({ version: 'v1beta1', runtime_name: 'bench', runtime_version: '0' });
-  const server = createGrpcServer({
-    maxMessageBytes: 64 * 1024,
-    normalizeAuthority,
-    handlers: new Map([
-      [V1BETA1_METHODS.version, async () => version],
-      ['/bench.Echo/Echo', async (call) => call.message],
-    ]),
-  });
-  const listener = net.createServer((s) => server.handleConnection(s));
-  listener.listen(address, () => process.stdout.write('ready\n'));
-  process.on('SIGTERM', () => {
-    listener.close();
-    void server.close(0).then(() => process.exit(0));
-  });
-} else {
-  await main();
-}
-
 // --- measurement ---
 
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim() || 100);
@@ -216,3 +192,28 @@ async function main(): Promise<void> {
   writeFileSync(out, lines.join('\n'));
   console.log(`wrote ${out}`);
 }
+
+// --- server mode: `node grpc.bench.js --serve ADDRESS [--no-normalize]` ---
+
+function serve(): void {
+  const address = process.argv[3]!;
+  const normalizeAuthority = !process.argv.includes('--no-normalize');
+  const version = VersionResponse.encode({ version: 'v1beta1', runtime_name: 'bench', runtime_version: '0' });
+  const server = createGrpcServer({
+    maxMessageBytes: 64 * 1024,
+    normalizeAuthority,
+    handlers: new Map([
+      [V1BETA1_METHODS.version, async () => version],
+      ['/bench.Echo/Echo', async (call) => call.message],
+    ]),
+  });
+  const listener = net.createServer((s) => server.handleConnection(s));
+  listener.listen(address, () => process.stdout.write('ready\n'));
+  process.on('SIGTERM', () => {
+    listener.close();
+    void server.close(0).then(() => process.exit(0));
+  });
+}
+
+if (process.argv[2] === '--serve') serve();
+else await main();

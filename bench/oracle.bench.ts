@@ -9,7 +9,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildTransformers, parseEncryptionConfiguration, type BuildDeps } from '../src/config/index.js';
@@ -178,6 +178,7 @@ async function main(): Promise<void> {
       }
     }
     const cases = plugin ? [...LOCAL, ...KMS] : LOCAL;
+    const loadBefore = loadavg()[0]!;
     const rows: string[] = [];
     const json: object[] = [];
     for (const c of cases) {
@@ -205,7 +206,9 @@ async function main(): Promise<void> {
       `${durationMs} ms per cell. kms providers use the same running \`atrest serve\` (keyring backend) on both sides.`,
       '"ratio" = Go values/s ÷ atrest values/s (1.00× = as fast as Go; above 1 = atrest is slower).',
       '',
-      `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, ${goVersion}.`,
+      `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, ${goVersion}; ` +
+        `1-minute load average ${loadBefore.toFixed(1)} before and ${loadavg()[0]!.toFixed(1)} after the run ` +
+        '(Go and atrest alternate cell by cell, so both see the same load).',
       '',
       '| provider | value | direction | Go values/s | atrest values/s | ratio |',
       '|---|---|---|---|---|---|',

@@ -105,9 +105,17 @@ function v1Pair(c: GrpcClient): Op {
   const dek = randomBytes(32);
   return async () => {
     const enc = v1.EncryptResponse.decode(
-      await c.unary(v1.V1BETA1_METHODS.encrypt, v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }), T),
+      await c.unary(
+        v1.V1BETA1_METHODS.encrypt,
+        v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }),
+        T,
+      ),
     );
-    await c.unary(v1.V1BETA1_METHODS.decrypt, v1.DecryptRequest.encode({ version: 'v1beta1', cipher: enc.cipher }), T);
+    await c.unary(
+      v1.V1BETA1_METHODS.decrypt,
+      v1.DecryptRequest.encode({ version: 'v1beta1', cipher: enc.cipher }),
+      T,
+    );
     return 2;
   };
 }
@@ -121,7 +129,12 @@ function v2Pair(c: GrpcClient): Op {
     );
     await c.unary(
       v2.V2_METHODS.decrypt,
-      v2.DecryptRequest.encode({ ciphertext: enc.ciphertext, uid, key_id: enc.key_id, annotations: {} }),
+      v2.DecryptRequest.encode({
+        ciphertext: enc.ciphertext,
+        uid,
+        key_id: enc.key_id,
+        annotations: {},
+      }),
       T,
     );
     return 2;
@@ -144,18 +157,33 @@ async function main(): Promise<void> {
     random: randomBytes,
   });
   const socket = join(dir, 'kms.sock');
-  const args = ['serve', '--listen', `unix://${socket}`, '--keyring', keyring, '--health-listen', 'off', '--log-level', 'warn'];
+  const args = [
+    'serve',
+    '--listen',
+    `unix://${socket}`,
+    '--keyring',
+    keyring,
+    '--health-listen',
+    'off',
+    '--log-level',
+    'warn',
+  ];
   const server = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   server.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const rows: Row[] = [];
   try {
     const client = createGrpcClient({ address: socket });
-    await client.unary(v1.V1BETA1_METHODS.version, v1.VersionRequest.encode({ version: 'v1beta1' }), T);
+    await client.unary(
+      v1.V1BETA1_METHODS.version,
+      v1.VersionRequest.encode({ version: 'v1beta1' }),
+      T,
+    );
     const pid = server.pid!;
 
     // Warm the JIT of both processes on every path before anything is recorded.
-    for (const op of [versionOnly(client), v1Pair(client), v2Pair(client)]) await drive(op, 8, undefined, 1);
+    for (const op of [versionOnly(client), v1Pair(client), v2Pair(client)])
+      await drive(op, 8, undefined, 1);
 
     // Reference 1: the same backend in-process, no transport (what the crypto costs).
     const backend = await createKeyringBackend({ path: keyring });
@@ -165,14 +193,23 @@ async function main(): Promise<void> {
       await backend.unwrap({ ciphertext: w.ciphertext, keyID: w.keyID });
       return 2;
     };
-    rows.push({ name: 'reference: keyring wrap+unwrap in-process (no socket)', ...(await drive(inProcess, 1, undefined)) });
+    rows.push({
+      name: 'reference: keyring wrap+unwrap in-process (no socket)',
+      ...(await drive(inProcess, 1, undefined)),
+    });
     await backend.close();
 
     for (const concurrency of [1, 64]) {
-      rows.push({ name: 'reference: v1beta1 Version (transport only)', ...(await drive(versionOnly(client), concurrency, pid)) });
+      rows.push({
+        name: 'reference: v1beta1 Version (transport only)',
+        ...(await drive(versionOnly(client), concurrency, pid)),
+      });
     }
     for (const concurrency of [1, 16, 64]) {
-      rows.push({ name: 'v1beta1 Encrypt+Decrypt', ...(await drive(v1Pair(client), concurrency, pid)) });
+      rows.push({
+        name: 'v1beta1 Encrypt+Decrypt',
+        ...(await drive(v1Pair(client), concurrency, pid)),
+      });
       rows.push({ name: 'v2 Encrypt+Decrypt', ...(await drive(v2Pair(client), concurrency, pid)) });
     }
     await client.close();
@@ -200,7 +237,7 @@ async function main(): Promise<void> {
     `Machine: ${cpus().length} × ${cpu}, Node ${process.version}; run at ${new Date().toISOString()}.`,
     '',
     'One client, one HTTP/2 connection (as kube-apiserver dials its plugin); each Encrypt+Decrypt pair',
-    'counts as 2 RPCs and each RPC gets half the pair\'s latency. The server is `atrest serve --backend',
+    "counts as 2 RPCs and each RPC gets half the pair's latency. The server is `atrest serve --backend",
     'keyring --log-level warn` in its own process; its CPU time comes from /proc/<pid>/stat. Client and',
     'server share the same cores, so RPC/s is bounded by both.',
     '',

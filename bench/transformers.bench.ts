@@ -2,7 +2,8 @@
 // node:crypto AES-256-GCM as the reference measured in the same run. Writes bench/results/transformers.md
 // and prints one JSON line per measurement (for the Go-oracle comparison to reuse).
 //
-//   npm run bench -- transformers            (ATREST_BENCH_MS=<ms per measurement>, default 1000)
+//   npm run bench -- transformers     (ATREST_BENCH_MS: ms per measurement, default 500;
+//                                      ATREST_BENCH_ROUNDS: rounds, default 3, median reported)
 //
 // kms v1 / kms v2 use an in-process fake KMS (AES-GCM key wrapping, no socket): the numbers are the
 // format's own cost plus one in-process wrap per kms v1 write, not a plugin's latency.
@@ -37,6 +38,8 @@ export interface TransformerBenchOptions {
   readonly durationMs?: number;
   readonly sizes?: readonly number[];
   readonly providers?: readonly string[];
+  /** Each measurement is repeated this many times, round-robin; the median round is reported. */
+  readonly rounds?: number;
 }
 
 export const BENCH_PROVIDERS = [
@@ -127,37 +130,58 @@ function referenceGcm(): {
   };
 }
 
-/** Runs every measurement; reusable by the Go-oracle comparison (same providers, sizes and op names). */
+/**
+ * Runs every measurement `rounds` times, round-robin (so machine noise spreads over all of them), and
+ * reports the median round of each. Reusable by the Go-oracle comparison (same providers, sizes, ops).
+ */
 export async function runTransformerBench(
   options: TransformerBenchOptions = {},
 ): Promise<TransformerBenchRow[]> {
-  const durationMs = options.durationMs ?? 1000;
+  const durationMs = options.durationMs ?? 500;
+  const rounds = options.rounds ?? 3;
   const sizes = options.sizes ?? BENCH_SIZES;
   const providers = options.providers ?? BENCH_PROVIDERS;
   const context: TransformContext = { authenticatedData: Buffer.from(ETCD_KEY) };
-  const rows: TransformerBenchRow[] = [];
-  const push = (row: Omit<TransformerBenchRow, 'bench'>): void => {
-    const full: TransformerBenchRow = { bench: 'transformers', ...row };
-    rows.push(full);
-    console.log(JSON.stringify(full));
-  };
+
+  interface Job {
+    readonly key: Omit<TransformerBenchRow, 'bench' | keyof Measurement>;
+    readonly run: () => Promise<unknown>;
+    readonly samples: Measurement[];
+  }
+  const jobs: Job[] = [];
   for (const size of sizes) {
     const value = randomBytes(size);
     const ref = referenceGcm();
     const sealed = await ref.seal(value);
     const reference = { impl: 'node:crypto reference', provider: 'aes-256-gcm', size } as const;
-    push({ ...reference, op: 'encrypt', ...(await measure(() => ref.seal(value), durationMs)) });
-    push({ ...reference, op: 'decrypt', ...(await measure(() => ref.open(sealed), durationMs)) });
+    jobs.push({ key: { ...reference, op: 'encrypt' }, run: () => ref.seal(value), samples: [] });
+    jobs.push({ key: { ...reference, op: 'decrypt' }, run: () => ref.open(sealed), samples: [] });
     for (const provider of providers) {
       const t = await benchTransformer(provider);
       const stored = await t.transformToStorage(value, context);
-      const encrypt = await measure(() => t.transformToStorage(value, context), durationMs);
-      push({ impl: 'atrest', provider, size, op: 'encrypt', ...encrypt });
-      const decrypt = await measure(() => t.transformFromStorage(stored, context), durationMs);
-      push({ impl: 'atrest', provider, size, op: 'decrypt', ...decrypt });
+      const base = { impl: 'atrest', provider, size } as const;
+      jobs.push({
+        key: { ...base, op: 'encrypt' },
+        run: () => t.transformToStorage(value, context),
+        samples: [],
+      });
+      jobs.push({
+        key: { ...base, op: 'decrypt' },
+        run: () => t.transformFromStorage(stored, context),
+        samples: [],
+      });
     }
   }
-  return rows;
+  for (let round = 0; round < rounds; round++) {
+    for (const job of jobs) job.samples.push(await measure(job.run, durationMs));
+  }
+  return jobs.map((job) => {
+    const sorted = [...job.samples].sort((a, b) => a.valuesPerSec - b.valuesPerSec);
+    const median = sorted[Math.floor(sorted.length / 2)]!;
+    const row: TransformerBenchRow = { bench: 'transformers', ...job.key, ...median };
+    console.log(JSON.stringify(row));
+    return row;
+  });
 }
 
 function goVersion(): string {
@@ -172,13 +196,14 @@ function fmt(n: number): string {
 export function transformerBenchMarkdown(
   rows: readonly TransformerBenchRow[],
   durationMs: number,
+  rounds = 3,
 ): string {
   const cpu = cpus()[0]?.model ?? 'unknown CPU';
   const lines = [
     '## Storage formats (transformers)',
     '',
-    `Command: \`npm run bench -- transformers\` (bench/transformers.bench.ts, ${durationMs} ms per measurement,`,
-    'one value at a time, awaited). Values per second through the prefix list the config layer builds; the',
+    `Command: \`npm run bench -- transformers\` (bench/transformers.bench.ts: ${durationMs} ms per measurement,`,
+    `${rounds} rounds round-robin, median round shown; one value at a time, awaited). Values per second through the prefix list the config layer builds; the',
     'etcd key is the AAD. kms v1/v2 use an in-process fake KMS (no socket): kms v1 pays one in-process',
     'AES-GCM key wrap per write, kms v2 none (its seed is wrapped once). Reference: bare node:crypto',
     'AES-256-GCM (nonce + seal/open, no prefix or framing), measured in the same run.',
@@ -220,11 +245,12 @@ export function transformerBenchMarkdown(
 }
 
 async function main(): Promise<void> {
-  const durationMs = Number(process.env.ATREST_BENCH_MS ?? 1000);
-  const rows = await runTransformerBench({ durationMs });
+  const durationMs = Number(process.env.ATREST_BENCH_MS ?? 500);
+  const rounds = Number(process.env.ATREST_BENCH_ROUNDS ?? 3);
+  const rows = await runTransformerBench({ durationMs, rounds });
   const dir = join('bench', 'results');
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'transformers.md'), transformerBenchMarkdown(rows, durationMs));
+  writeFileSync(join(dir, 'transformers.md'), transformerBenchMarkdown(rows, durationMs, rounds));
   console.log(`wrote ${join(dir, 'transformers.md')}`);
 }
 

@@ -310,6 +310,8 @@ start_writers() {
   local i
   for i in 0 1; do
     (
+      trap - EXIT INT TERM # the writer must not run the scenario's cleanup
+      set +e
       n=0
       while :; do
         kubectl annotate secret "api$i-$(( n % 60 ))" -n e2e-api "writer=$n" --overwrite >/dev/null 2>&1 || true

@@ -364,10 +364,10 @@ func TestKeyRotation(t *testing.T) {
 
 	var newKeyID string
 	t.Run("Status reports a new key id after keys rotate and SIGHUP", func(t *testing.T) {
-		err := harness.Eventually(10*time.Second, func() error {
+		err := harness.Eventually(20*time.Second, func() error {
 			newKeyID = status(t, svc2).KeyID
 			if newKeyID == oldKeyID {
-				return fmt.Errorf("Status key_id did not change within 10s of SIGHUP")
+				return fmt.Errorf("Status key_id did not change within 20s of SIGHUP")
 			}
 			return nil
 		})
@@ -558,6 +558,29 @@ func TestStaleSocketFromKilledPlugin(t *testing.T) {
 		}
 		if got, err := svc1.Decrypt(ct); err != nil || string(got) != "after stale socket" {
 			t.Fatalf("v1 Decrypt: %v", err)
+		}
+	})
+}
+
+func TestAbstractSocketEndpoint(t *testing.T) {
+	t.Parallel()
+	p := harness.New(t)
+	p.UseAbstractSocket()
+	p.Start()
+
+	t.Run("serves both APIs on a unix:///@name endpoint", func(t *testing.T) {
+		api := loadAPIServer(t, p, "a")
+		if err := api.healthChecks(); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			gr  schema.GroupResource
+			key string
+		}{{secrets, "/registry/secrets/default/s"}, {configmaps, "/registry/configmaps/default/c"}} {
+			stored := api.write(t, c.gr, c.key, []byte("over an abstract socket"))
+			if got, _, err := api.read(c.gr, c.key, stored); err != nil || string(got) != "over an abstract socket" {
+				t.Fatalf("%s round trip: %v", c.gr, err)
+			}
 		}
 	})
 }

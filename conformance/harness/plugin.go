@@ -81,7 +81,18 @@ func New(t testing.TB) *Plugin {
 }
 
 // Endpoint is the KMS endpoint as written in an EncryptionConfiguration.
-func (p *Plugin) Endpoint() string { return "unix://" + p.Socket }
+func (p *Plugin) Endpoint() string {
+	if strings.HasPrefix(p.Socket, "@") {
+		return "unix:///" + p.Socket // unix:///@name: a Linux abstract socket, no file
+	}
+	return "unix://" + p.Socket
+}
+
+// UseAbstractSocket makes the next Start listen on a Linux abstract socket (@atrest-conf-<dir suffix>)
+// instead of a socket file.
+func (p *Plugin) UseAbstractSocket() {
+	p.Socket = "@" + filepath.Base(p.Dir)
+}
 
 func (p *Plugin) run(args ...string) {
 	p.t.Helper()
@@ -125,7 +136,7 @@ func (p *Plugin) Start() {
 		p.mu.Unlock()
 		close(done)
 	}()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		select {
 		case <-done:
@@ -137,7 +148,7 @@ func (p *Plugin) Start() {
 			return
 		}
 		if time.Now().After(deadline) {
-			p.t.Fatalf("plugin did not listen on %s within 20s; output:\n%s", p.Socket, p.Logs())
+			p.t.Fatalf("plugin did not listen on %s within 60s; output:\n%s", p.Socket, p.Logs())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -173,7 +184,7 @@ func (p *Plugin) signal(sig syscall.Signal) {
 func (p *Plugin) Stop() error {
 	p.t.Helper()
 	p.signal(syscall.SIGTERM)
-	return p.wait(10 * time.Second)
+	return p.wait(30 * time.Second)
 }
 
 // Kill sends SIGKILL (no cleanup by the plugin: its socket file stays behind). Safe when not running.

@@ -31,13 +31,19 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 echo "50-go-conformance: $(go version)"
 
-for m in harness apiserver-v0.37 apiserver-v0.30 oldclient refplugin; do
-  (cd "$root/conformance/$m" && GOFLAGS=-mod=readonly go mod download)
-done
-# Compile (not run) every test package so `npm test` only links and runs them.
-for m in apiserver-v0.37 apiserver-v0.30 oldclient; do
-  (cd "$root/conformance/$m" && GOFLAGS=-mod=readonly go test -count=1 -run '^$' ./... >/dev/null)
-done
+# Skip the download/precompile pass when nothing in the harness changed since the last successful one.
+stamp="$bin/atrest-conformance-prepared.hash"
+hash="$( { go version; cd "$root/conformance" && find . -name 'go.mod' -o -name 'go.sum' -o -name '*.go' | sort | xargs cat; } | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
+  for m in harness apiserver-v0.37 apiserver-v0.30 oldclient refplugin; do
+    (cd "$root/conformance/$m" && GOFLAGS=-mod=readonly go mod download)
+  done
+  # Compile (not run) every test package so `npm test` only links and runs them.
+  for m in apiserver-v0.37 apiserver-v0.30 oldclient; do
+    (cd "$root/conformance/$m" && GOFLAGS=-mod=readonly go test -count=1 -run '^$' ./... >/dev/null)
+  done
+  echo "$hash" >"$stamp"
+fi
 
 # shellcheck source=../../conformance/tools.sh
 . "$root/conformance/tools.sh"

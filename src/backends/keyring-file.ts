@@ -132,7 +132,10 @@ export function serializeKeyring(keyring: Keyring): string {
 }
 
 function compactUtc(d: Date): string {
-  return d.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z');
+  return d
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}Z$/, 'Z');
 }
 
 function newKey(existing: ReadonlySet<string>, now: Date, random: RandomBytes): KeyringKey {
@@ -191,7 +194,9 @@ export async function readKeyringFile(
 ): Promise<Keyring> {
   let handle: fsp.FileHandle;
   try {
-    handle = await fsp.open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+    // Symlinks are followed: Kubernetes Secret volumes present every file as one (..data/...).
+    // The mode checked below is the target's, read from the open descriptor.
+    handle = await fsp.open(path, fsc.O_RDONLY);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') {
@@ -200,11 +205,6 @@ export async function readKeyringFile(
         `keyring ${path} does not exist (create one with "atrest keys init --keyring ${path}")`,
         { cause: err },
       );
-    }
-    if (code === 'ELOOP') {
-      throw new AtrestError('ERR_KEYRING_PERMISSIONS', `keyring ${path} is a symbolic link`, {
-        cause: err,
-      });
     }
     throw new AtrestError('ERR_KEYRING_INVALID', `cannot open keyring ${path}: ${code ?? err}`, {
       cause: err,

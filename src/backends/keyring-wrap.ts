@@ -85,7 +85,9 @@ export function parseWrapped(data: Uint8Array): WrappedHeader {
   }
   let keyID: string;
   try {
-    keyID = new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(WRAP_MAGIC.length + 2, headerEnd));
+    keyID = new TextDecoder('utf-8', { fatal: true }).decode(
+      buf.subarray(WRAP_MAGIC.length + 2, headerEnd),
+    );
   } catch (err) {
     throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'ciphertext key id is not UTF-8', {
       cause: err,

@@ -20,7 +20,11 @@ export interface KeyringBackendOptions {
 
 export interface KeyringBackend extends KeyBackend {
   /** What is loaded now (ids and creation times are not secret; secrets stay inside). */
-  describe(): { readonly active: string; readonly ids: readonly string[]; readonly development: boolean };
+  describe(): {
+    readonly active: string;
+    readonly ids: readonly string[];
+    readonly development: boolean;
+  };
 }
 
 /**
@@ -40,7 +44,9 @@ function checkConsistent(previous: Keyring, next: Keyring, path: string): void {
   }
 }
 
-export async function createKeyringBackend(options: KeyringBackendOptions): Promise<KeyringBackend> {
+export async function createKeyringBackend(
+  options: KeyringBackendOptions,
+): Promise<KeyringBackend> {
   const random = options.random ?? nodeRandomBytes;
   const requirePrivate = options.requirePrivate ?? true;
   let keyring = await readKeyringFile(options.path, { requirePrivate });

@@ -6,7 +6,6 @@
 
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { DecryptionFailedError } from '../errors.js';
-import { wipe } from '../bytes.js';
 import {
   LOCAL_KEK_BYTES,
   LOCAL_NONCE_BYTES,
@@ -68,7 +67,7 @@ export interface LocalKekTier {
   retireCurrent(): void;
   /** Local KEKs unwrapped and cached (for metrics/tests). */
   cachedCount(): number;
-  /** Wipes every key held in memory. */
+  /** Forgets every key held in memory (current and cached). */
   clear(): void;
 }
 
@@ -92,11 +91,8 @@ export function createLocalKekTier(options: LocalKekOptions, deps: LocalKekDeps)
     cache.delete(key);
     cache.set(key, kek);
     while (cache.size > options.cacheSize) {
-      const oldest = cache.keys().next().value as string;
-      const dropped = cache.get(oldest);
-      cache.delete(oldest);
-      // The current KEK may still be in use by `current`; only wipe keys nobody holds.
-      if (dropped !== undefined && dropped !== current?.kek) wipe(dropped);
+      // Dropped, not wiped: a seal or open in flight may still hold it (see clear()).
+      cache.delete(cache.keys().next().value as string);
     }
   }
 
@@ -196,7 +192,8 @@ export function createLocalKekTier(options: LocalKekOptions, deps: LocalKekDeps)
     },
 
     clear() {
-      for (const k of cache.values()) wipe(k);
+      // Drop, do not wipe: a seal already past currentFor() may still hold the current key, and
+      // zeroing it in place would seal that DEK under an all-zero key.
       cache.clear();
       current = undefined;
     },

@@ -152,13 +152,22 @@ export function createRemoteBackend(service: KekService, options: RemoteBackendO
   async function refresh(): Promise<string> {
     if (closed) throw new BackendError(service.name, 'other', 'the backend is closed');
     if (resolving !== undefined) return resolving;
-    const pending = call('resolve', (s) => service.resolveKeyID(s)).then((id) => {
-      if (keyID !== undefined && keyID !== id) {
-        logger.info('key manager rotated: new key id', { backend: service.name, keyID: id, previous: keyID });
-      }
-      keyID = id;
-      return id;
-    });
+    const pending = call('resolve', (s) => service.resolveKeyID(s)).then(
+      (id) => {
+        if (keyID !== undefined && keyID !== id) {
+          logger.info('key manager rotated: new key id', { backend: service.name, keyID: id, previous: keyID });
+        }
+        keyID = id;
+        return id;
+      },
+      (err: unknown) => {
+        // The key manager says no (key disabled or deleted, access revoked): follow it within one
+        // refresh interval. Drop every cached local KEK, so nothing keeps wrapping or unwrapping
+        // locally behind its back; the next calls go to the key manager and get its answer.
+        if (err instanceof BackendError && err.kind === 'user-induced') tier.clear();
+        throw err;
+      },
+    );
     resolving = pending;
     try {
       return await pending;

@@ -12,7 +12,9 @@ export const DEV_KEYRING = '.atrest-dev/keyring.json';
 export const DEV_LISTEN = 'unix:///tmp/atrest-dev/kms.sock';
 
 /** Creates the development keyring if it does not exist yet; returns its absolute path and whether it was created. */
-export async function ensureDevKeyring(path = DEV_KEYRING): Promise<{ path: string; created: boolean }> {
+export async function ensureDevKeyring(
+  path = DEV_KEYRING,
+): Promise<{ path: string; created: boolean }> {
   const abs = resolve(path);
   try {
     await stat(abs);
@@ -81,7 +83,9 @@ export function devBanner(options: {
     '         Its key sits unprotected on this disk: never encrypt real cluster data with it.',
     '',
     `Listening on ${options.endpoint}  (socket ${options.socketPath}, mode 0600)`,
-    options.health === undefined ? 'Health endpoints: off' : `Health: http://${options.health}/readyz  Metrics: http://${options.health}/metrics`,
+    options.health === undefined
+      ? 'Health endpoints: off'
+      : `Health: http://${options.health}/readyz  Metrics: http://${options.health}/metrics`,
     '',
     'Paste into the file given to kube-apiserver --encryption-provider-config (KMS v2, Kubernetes >= 1.29):',
     '',

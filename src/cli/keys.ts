@@ -33,7 +33,11 @@ export function registerKeys(program: Command): void {
     .option('--development', 'label the keyring as a development keyring', false)
     .action(async (opts: { keyring: string; development: boolean }) => {
       await mkdir(dirname(opts.keyring), { recursive: true, mode: 0o700 });
-      const keyring = createKeyring({ now: new Date(), random: randomBytes, development: opts.development });
+      const keyring = createKeyring({
+        now: new Date(),
+        random: randomBytes,
+        development: opts.development,
+      });
       await writeKeyringFile(opts.keyring, keyring, { exclusive: true, random: randomBytes });
       say(`created keyring ${opts.keyring} (mode 0600) with active key ${keyring.active}\n`);
     });
@@ -61,13 +65,22 @@ export function registerKeys(program: Command): void {
     .action(async (opts: { keyring: string; output: string }) => {
       const format = parseOutputFormat(opts.output);
       const keyring = await readKeyringFile(opts.keyring);
-      const rows = keyring.keys.map((k) => ({ id: k.id, created: k.created, active: k.id === keyring.active }));
+      const rows = keyring.keys.map((k) => ({
+        id: k.id,
+        created: k.created,
+        active: k.id === keyring.active,
+      }));
       if (format === 'json') {
         say(renderJson({ development: keyring.development, keys: rows, retired: keyring.retired }));
         return;
       }
       if (keyring.development) say('# DEVELOPMENT keyring: not for production data\n');
-      say(renderTable(['ID', 'CREATED', 'ACTIVE'], rows.map((r) => [r.id, r.created, r.active ? 'yes' : ''])));
+      say(
+        renderTable(
+          ['ID', 'CREATED', 'ACTIVE'],
+          rows.map((r) => [r.id, r.created, r.active ? 'yes' : '']),
+        ),
+      );
     });
 
   keys
@@ -85,7 +98,10 @@ export function registerKeys(program: Command): void {
           '(see docs/plugin.md, "Rotating keys").\n',
       );
       if (!opts.force) {
-        throw new AtrestError('ERR_CONFIG_INVALID', `not retiring ${id}: re-run with --force to remove it`);
+        throw new AtrestError(
+          'ERR_CONFIG_INVALID',
+          `not retiring ${id}: re-run with --force to remove it`,
+        );
       }
       await writeKeyringFile(opts.keyring, after, { exclusive: false, random: randomBytes });
       say(`retired key ${id}; send SIGHUP to running plugins to drop it\n`);

@@ -38,7 +38,10 @@ interface ServeFlags {
 function seconds(flag: string, text: string): number {
   const n = Number(text.replace(/s$/, ''));
   if (!Number.isFinite(n) || n <= 0) {
-    throw new AtrestError('ERR_CONFIG_INVALID', `${flag} "${text}" is not a positive number of seconds`);
+    throw new AtrestError(
+      'ERR_CONFIG_INVALID',
+      `${flag} "${text}" is not a positive number of seconds`,
+    );
   }
   return n * 1000;
 }
@@ -49,7 +52,10 @@ export function registerServe(program: Command, version: string): void {
     .description('run the KMS plugin (v1beta1 and v2 on one UNIX socket) for kube-apiserver')
     .option('--listen <endpoint>', 'socket endpoint, unix:///PATH or unix:///@abstract-name')
     .option('--socket-mode <mode>', 'permission bits of the socket (octal)', '0600')
-    .option('--socket-group <group>', 'group (name or gid) to own the socket, for a non-root kube-apiserver')
+    .option(
+      '--socket-group <group>',
+      'group (name or gid) to own the socket, for a non-root kube-apiserver',
+    )
     .option(
       '--health-listen <host:port>',
       '/livez /healthz /readyz /metrics listener, or "off"',
@@ -61,7 +67,11 @@ export function registerServe(program: Command, version: string): void {
         .default('info'),
     )
     .option('--shutdown-grace <seconds>', 'how long in-flight calls may finish on SIGTERM', '5')
-    .option('--self-test-interval <seconds>', 'period of the background wrap/unwrap self-test', '30')
+    .option(
+      '--self-test-interval <seconds>',
+      'period of the background wrap/unwrap self-test',
+      '30',
+    )
     .option(
       '--socket-check-interval <seconds>',
       'how often to check that the socket file still exists (re-created if deleted)',
@@ -99,14 +109,19 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     throw new AtrestError('ERR_CONFIG_INVALID', 'serve needs --listen unix:///PATH (or --dev)');
   }
   const endpoint = parseUnixEndpoint(listen);
-  const socketMode = flags.socketMode === undefined ? DEFAULT_SOCKET_MODE : parseSocketMode(flags.socketMode);
-  const socketGid = flags.socketGroup === undefined ? undefined : await resolveGroup(flags.socketGroup);
+  const socketMode =
+    flags.socketMode === undefined ? DEFAULT_SOCKET_MODE : parseSocketMode(flags.socketMode);
+  const socketGid =
+    flags.socketGroup === undefined ? undefined : await resolveGroup(flags.socketGroup);
   const health = parseHealthListen(flags.healthListen);
   const graceMs = seconds('--shutdown-grace', flags.shutdownGrace);
   const selfTestIntervalMs = seconds('--self-test-interval', flags.selfTestInterval);
   const socketCheckMs = seconds('--socket-check-interval', flags.socketCheckInterval);
 
-  const backend = await createBackend(flags.backend, { flags: { ...flags, ...keyringFlags }, logger });
+  const backend = await createBackend(flags.backend, {
+    flags: { ...flags, ...keyringFlags },
+    logger,
+  });
   const metrics = createPluginMetrics({ version, backend: backend.name });
   const service = createKmsService({
     backend,
@@ -153,7 +168,8 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
           },
           {
             name: `${backend.name}-loaded`,
-            check: async () => ((await backend.currentKeyID()) === '' ? 'no active key' : undefined),
+            check: async () =>
+              (await backend.currentKeyID()) === '' ? 'no active key' : undefined,
           },
           {
             name: 'self-test',
@@ -181,7 +197,8 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
         keyringPath: devKeyring?.path ?? String(flags.keyring),
         keyringCreated: devKeyring?.created ?? false,
         activeKeyID,
-        health: healthServer === undefined ? undefined : `${healthServer.host}:${healthServer.port}`,
+        health:
+          healthServer === undefined ? undefined : `${healthServer.host}:${healthServer.port}`,
       }),
     );
   }
@@ -192,7 +209,10 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     kms
       .restoreSocket()
       .then((restored) => {
-        if (restored) logger.warn('socket file was deleted or replaced; re-created it', { socket: endpoint.path });
+        if (restored)
+          logger.warn('socket file was deleted or replaced; re-created it', {
+            socket: endpoint.path,
+          });
       })
       .catch((err: unknown) =>
         logger.error('socket file is missing and cannot be re-created', {
@@ -209,7 +229,10 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
       try {
         await service.reload();
         metrics.keyringReload(true);
-        logger.info('reloaded keys', { backend: backend.name, activeKeyID: await backend.currentKeyID() });
+        logger.info('reloaded keys', {
+          backend: backend.name,
+          activeKeyID: await backend.currentKeyID(),
+        });
       } catch (err) {
         metrics.keyringReload(false);
         logger.error('reload failed; the previously loaded keys stay in service', {
@@ -269,7 +292,9 @@ function installSignals(options: {
       .shutdown(signal)
       .then(() => process.exit(0))
       .catch((err: unknown) => {
-        options.logger.error('shutdown failed', { error: err instanceof Error ? err.message : String(err) });
+        options.logger.error('shutdown failed', {
+          error: err instanceof Error ? err.message : String(err),
+        });
         process.exit(1);
       });
   };

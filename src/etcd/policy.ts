@@ -154,7 +154,7 @@ function readerOf(providers: readonly ProviderConfiguration[]): (info: StoredVal
 export function groupResourceOf(
   key: string,
   etcdPrefix: string,
-  config: EncryptionConfiguration,
+  config: EncryptionConfiguration | readonly GroupResource[],
 ): GroupResource | undefined {
   const known = groupResourceForEtcdKey(key, etcdPrefix);
   if (known) return known;
@@ -162,13 +162,14 @@ export function groupResourceOf(
   if (!key.startsWith(p)) return undefined;
   const first = key.slice(p.length).split('/')[0] ?? '';
   if (first === '' || first.includes('.')) return undefined;
-  const named = [...indexRules(config).keys()]
-    .map((k) => {
-      const [group, resource] = k.split('\u0000') as [string, string];
-      return { group, resource };
-    })
-    .filter((gr) => gr.resource === first && gr.group !== '*');
+  const rules = Array.isArray(config) ? config : configuredResources(config as EncryptionConfiguration);
+  const named = rules.filter((gr) => gr.resource === first && gr.group !== '*');
   return named.length === 1 ? named[0] : undefined;
+}
+
+/** Every group/resource a rule of the configuration names (wildcards included). */
+export function configuredResources(config: EncryptionConfiguration): GroupResource[] {
+  return [...indexRules(config).values()].map((v) => parseGroupResource(v.rule));
 }
 
 export interface PolicyResolver {
@@ -182,10 +183,11 @@ export function createPolicyResolver(
 ): PolicyResolver {
   const byResource = new Map<string, ResourcePolicy>();
   const prefix = normalizeEtcdPrefix(etcdPrefix);
+  const rules = configuredResources(config);
   return {
     forKey(key: Buffer): ResourcePolicy {
       const text = key.toString('utf8');
-      const gr = groupResourceOf(text, etcdPrefix, config);
+      const gr = groupResourceOf(text, etcdPrefix, rules);
       const name = gr
         ? formatGroupResource(gr)
         : `?/${text.startsWith(prefix) ? (text.slice(prefix.length).split('/')[0] ?? '') : text}`;

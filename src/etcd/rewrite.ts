@@ -21,7 +21,7 @@ import type { PolicyResolver, ResourcePolicy } from './policy.js';
 import { createRateLimiter } from './rate-limit.js';
 import { classifyValue, scan, providersTried, type ScanReport } from './scan.js';
 import type { KeyRange, Selection } from './selection.js';
-import { mapPool, prefetched, type KeyValueSource } from './source.js';
+import { forEachInPages, type KeyValueSource, type WorkPage } from './source.js';
 
 /** What rewrite needs from etcd (EtcdClient implements it). */
 export interface RewriteStore extends KeyValueSource {
@@ -180,34 +180,45 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
   const undecryptable: UndecryptableValue[] = [];
   let undecryptableTotal = 0;
   const preflight = { scanned: 0, toRewrite: 0, current: 0, undecryptable: 0 };
-  const selectedOf = (page: KeyValue[]): { kv: KeyValue; policy: ResourcePolicy }[] =>
+  type Selected = { kv: KeyValue; policy: ResourcePolicy };
+  const selectedOf = (page: KeyValue[]): Selected[] =>
     page
       .map((kv) => ({ kv, policy: policies.forKey(kv.key) }))
       .filter((x) => selection.includes(x.policy));
+  const workPages = (range: KeyRange): AsyncIterable<WorkPage<Selected, Buffer>> => ({
+    async *[Symbol.asyncIterator]() {
+      for await (const page of store.pages(startOf(range), range.end, { pageSize })) {
+        yield { items: selectedOf(page), tag: page[page.length - 1]!.key };
+      }
+    },
+  });
   for (const range of pending) {
-    for await (const page of prefetched(store.pages(startOf(range), range.end, { pageSize }))) {
-      const selected = selectedOf(page);
-      const classes = await mapPool(selected, concurrency, ({ kv, policy }) => classifyValue(kv, policy, true));
-      classes.forEach((c, i) => {
-        const { kv, policy } = selected[i]!;
-        preflight.scanned++;
-        if (c.state === 'undecryptable') {
-          preflight.undecryptable++;
-          undecryptableTotal++;
-          if (undecryptable.length < 1000) {
-            undecryptable.push({
-              key: kv.key.toString('utf8'),
-              resource: policy.resource,
-              stored: c.stored,
-              providersTried: c.providersTried ?? [],
-              reason: c.reason ?? '',
-            });
-          }
-        } else if (c.state === 'current') preflight.current++;
-        else preflight.toRewrite++;
-      });
-      options.onProgress?.({ phase: 'preflight', done: preflight.scanned, total: 0, rewritten: 0 });
-    }
+    await forEachInPages(
+      workPages(range),
+      concurrency,
+      ({ kv, policy }) => classifyValue(kv, policy, true),
+      (_last, items, classes) => {
+        classes.forEach((c, i) => {
+          const { kv, policy } = items[i]!;
+          preflight.scanned++;
+          if (c.state === 'undecryptable') {
+            preflight.undecryptable++;
+            undecryptableTotal++;
+            if (undecryptable.length < 1000) {
+              undecryptable.push({
+                key: kv.key.toString('utf8'),
+                resource: policy.resource,
+                stored: c.stored,
+                providersTried: c.providersTried ?? [],
+                reason: c.reason ?? '',
+              });
+            }
+          } else if (c.state === 'current') preflight.current++;
+          else preflight.toRewrite++;
+        });
+        options.onProgress?.({ phase: 'preflight', done: preflight.scanned, total: 0, rewritten: 0 });
+      },
+    );
   }
   if (undecryptableTotal > 0 && !options.skipUndecryptable) {
     throw new UndecryptableValuesError(undecryptable, undecryptableTotal);
@@ -252,10 +263,18 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
         };
       }
       if (!read.stale) return { kind: 'current' };
-      const out = await policy.transformer.transformToStorage(read.data, context);
-      await options.beforeWrite?.(kv.key);
-      await limiter.acquire();
-      const res = await store.compareAndPut(kv.key, out, kv.modRevision);
+      let out: Buffer;
+      let res: CompareAndPutResult;
+      try {
+        out = await policy.transformer.transformToStorage(read.data, context);
+        await options.beforeWrite?.(kv.key);
+        await limiter.acquire();
+        res = await store.compareAndPut(kv.key, out, kv.modRevision);
+      } catch (err) {
+        // The run stops here (KMS or etcd unavailable); nothing of this key was changed.
+        const code = err instanceof AtrestError ? err.code : 'ERR_ETCD';
+        throw new AtrestError(code, `${keyText}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      }
       if (!res.succeeded) {
         counts.conflicts++;
         if (res.current === undefined) return { kind: 'deleted' };
@@ -288,36 +307,40 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
   };
 
   for (const range of pending) {
-    for await (const page of prefetched(store.pages(startOf(range), range.end, { pageSize }))) {
-      const selected = selectedOf(page);
-      const outcomes = await mapPool(selected, concurrency, ({ kv, policy }) => processKey(kv, policy));
-      for (const o of outcomes) {
-        switch (o.kind) {
-          case 'rewritten':
-            counts.rewritten++;
-            break;
-          case 'current':
-            counts.alreadyCurrent++;
-            break;
-          case 'deleted':
-            counts.deleted++;
-            break;
-          case 'undecryptable':
-            counts.skippedUndecryptable++;
-            if (!undecryptable.some((u) => u.key === o.value.key) && undecryptable.length < 1000) {
-              undecryptable.push(o.value);
-            }
-            break;
-          case 'failed':
-            counts.failed++;
-            if (failures.length < 1000) failures.push(o.value);
-            break;
+    await forEachInPages(
+      workPages(range),
+      concurrency,
+      ({ kv, policy }) => processKey(kv, policy),
+      (lastKey, items, outcomes) => {
+        for (const o of outcomes) {
+          switch (o.kind) {
+            case 'rewritten':
+              counts.rewritten++;
+              break;
+            case 'current':
+              counts.alreadyCurrent++;
+              break;
+            case 'deleted':
+              counts.deleted++;
+              break;
+            case 'undecryptable':
+              counts.skippedUndecryptable++;
+              if (!undecryptable.some((u) => u.key === o.value.key) && undecryptable.length < 1000) {
+                undecryptable.push(o.value);
+              }
+              break;
+            case 'failed':
+              counts.failed++;
+              if (failures.length < 1000) failures.push(o.value);
+              break;
+          }
         }
-      }
-      done += selected.length;
-      saveCheckpoint(range, page[page.length - 1]!.key, false);
-      options.onProgress?.({ phase: 'rewrite', done, total, rewritten: counts.rewritten });
-    }
+        done += items.length;
+        // Only pages fully done (with every page before them) reach here: a safe resume point.
+        saveCheckpoint(range, lastKey, false);
+        options.onProgress?.({ phase: 'rewrite', done, total, rewritten: counts.rewritten });
+      },
+    );
     saveCheckpoint(range, undefined, true);
   }
 

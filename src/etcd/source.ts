@@ -65,3 +65,87 @@ export async function* prefetched<T>(pages: AsyncIterable<T>): AsyncGenerator<T>
     yield r.value;
   }
 }
+
+export interface WorkPage<T, P> {
+  readonly items: readonly T[];
+  /** Carried through to onPageDone (e.g. the page's last etcd key, for a checkpoint). */
+  readonly tag: P;
+}
+
+/**
+ * Runs `fn` over the items of a stream of pages with `concurrency` in flight, without waiting at page
+ * boundaries: workers move on to the next page while the previous one finishes. `onPageDone` is called
+ * once per page, strictly in page order, when all of that page and every page before it are done (the
+ * checkpoint low-water mark). The first error stops new work and is rethrown once in-flight items end.
+ */
+export async function forEachInPages<T, R, P>(
+  pages: AsyncIterable<WorkPage<T, P>>,
+  concurrency: number,
+  fn: (item: T) => Promise<R>,
+  onPageDone: (tag: P, items: readonly T[], results: readonly R[]) => void,
+): Promise<void> {
+  interface PageState {
+    readonly page: WorkPage<T, P>;
+    readonly results: R[];
+    remaining: number;
+    next: number;
+  }
+  const it = prefetched(pages)[Symbol.asyncIterator]();
+  const open: PageState[] = [];
+  let current: PageState | undefined;
+  let exhausted = false;
+  let fetching: Promise<void> | undefined;
+  let failure: { error: unknown } | undefined;
+
+  const drain = (): void => {
+    while (open.length > 0 && open[0]!.remaining === 0) {
+      const done = open.shift()!;
+      onPageDone(done.page.tag, done.page.items, done.results);
+    }
+  };
+  const fetchPage = async (): Promise<void> => {
+    const r = await it.next();
+    if (r.done) {
+      exhausted = true;
+      return;
+    }
+    const state: PageState = { page: r.value, results: new Array<R>(r.value.items.length), remaining: r.value.items.length, next: 0 };
+    open.push(state);
+    current = state;
+    drain();
+  };
+  const take = async (): Promise<[PageState, number] | undefined> => {
+    for (;;) {
+      if (failure) return undefined;
+      if (current && current.next < current.page.items.length) return [current, current.next++];
+      if (exhausted) return undefined;
+      fetching ??= fetchPage().finally(() => {
+        fetching = undefined;
+      });
+      await fetching;
+    }
+  };
+  const worker = async (): Promise<void> => {
+    for (;;) {
+      let slot: [PageState, number] | undefined;
+      try {
+        slot = await take();
+      } catch (error) {
+        failure ??= { error };
+        return;
+      }
+      if (!slot) return;
+      const [state, i] = slot;
+      try {
+        state.results[i] = await fn(state.page.items[i]!);
+      } catch (error) {
+        failure ??= { error };
+        return;
+      }
+      state.remaining--;
+      if (!failure) drain();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+  if (failure) throw failure.error;
+}

@@ -106,7 +106,7 @@ export function createAuthorityNormalizer(socket: Socket): AuthorityNormalizer {
   };
 
   // Per-block scratch: rewrites found while decoding the current block.
-  let found: HpackField[] = [];
+  const found: HpackField[] = [];
   const collect = (field: HpackField): void => {
     if (!isAcceptableAuthority(field.value)) found.push(field);
   };
@@ -180,7 +180,7 @@ export function createAuthorityNormalizer(socket: Socket): AuthorityNormalizer {
 
         const block = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments);
         fragments.length = 0;
-        found = [];
+        found.length = 0;
         try {
           decoder.decode(block, collect);
         } catch (err) {

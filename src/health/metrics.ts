@@ -50,7 +50,12 @@ export interface Registry {
   /** `collect` is called at scrape time (e.g. process CPU seconds). */
   gaugeFunc(name: string, help: string, collect: () => number): void;
   counterFunc(name: string, help: string, collect: () => number): void;
-  histogram(name: string, help: string, buckets: readonly number[], labelNames?: readonly string[]): Histogram;
+  histogram(
+    name: string,
+    help: string,
+    buckets: readonly number[],
+    labelNames?: readonly string[],
+  ): Histogram;
   render(): string;
 }
 
@@ -107,16 +112,21 @@ export function createRegistry(): Registry {
     },
     gaugeFunc(name, help, collect) {
       metrics.push({
-        render: () => `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name} ${formatNumber(collect())}\n`,
+        render: () =>
+          `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name} ${formatNumber(collect())}\n`,
       });
     },
     counterFunc(name, help, collect) {
       metrics.push({
-        render: () => `# HELP ${name} ${help}\n# TYPE ${name} counter\n${name} ${formatNumber(collect())}\n`,
+        render: () =>
+          `# HELP ${name} ${help}\n# TYPE ${name} counter\n${name} ${formatNumber(collect())}\n`,
       });
     },
     histogram(name, help, buckets, labelNames = []) {
-      const values = new Map<string, { labels: string[]; counts: number[]; sum: number; count: number }>();
+      const values = new Map<
+        string,
+        { labels: string[]; counts: number[]; sum: number; count: number }
+      >();
       metrics.push({
         render() {
           let out = `# HELP ${name} ${help}\n# TYPE ${name} histogram\n`;

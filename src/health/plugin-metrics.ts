@@ -5,7 +5,8 @@
 import { createHash } from 'node:crypto';
 import { createRegistry, LATENCY_BUCKETS, type Registry } from './metrics.js';
 
-const KNOWN_METHOD = /^\/(v1beta1\.KeyManagementService|v2\.KeyManagementService)\/(Version|Status|Encrypt|Decrypt)$/;
+const KNOWN_METHOD =
+  /^\/(v1beta1\.KeyManagementService|v2\.KeyManagementService)\/(Version|Status|Encrypt|Decrypt)$/;
 
 export interface PluginMetrics {
   readonly registry: Registry;
@@ -30,7 +31,11 @@ export function createPluginMetrics(build: {
   const registry = createRegistry();
   const startSeconds = (build.startTimeMs ?? Date.now() - performance.now()) / 1000;
   registry
-    .gauge('atrest_build_info', 'atrest build information; always 1.', ['version', 'node_version', 'backend'])
+    .gauge('atrest_build_info', 'atrest build information; always 1.', [
+      'version',
+      'node_version',
+      'backend',
+    ])
     .set(1, { version: build.version, node_version: process.version, backend: build.backend });
   const requests = registry.counter(
     'atrest_grpc_requests_total',
@@ -62,22 +67,34 @@ export function createPluginMetrics(build: {
     'atrest_self_test_last_success_timestamp_seconds',
     'Unix time of the latest passing self-test.',
   );
-  const selfTests = registry.counter('atrest_self_tests_total', 'Self-tests run, by outcome.', ['outcome']);
+  const selfTests = registry.counter('atrest_self_tests_total', 'Self-tests run, by outcome.', [
+    'outcome',
+  ]);
   const activeKey = registry.gauge(
     'atrest_active_key_id_info',
     'The active key id, only as "sha256:<hex>" of the id; always 1.',
     ['key_id_hash'],
   );
-  const reloads = registry.counter('atrest_keyring_reloads_total', 'Key reloads (SIGHUP), by outcome.', [
-    'outcome',
-  ]);
-  registry.counterFunc('process_cpu_seconds_total', 'User and system CPU time spent, in seconds.', () => {
-    const u = process.cpuUsage();
-    return (u.user + u.system) / 1e6;
-  });
-  registry.gaugeFunc('process_resident_memory_bytes', 'Resident memory size in bytes.', () => process.memoryUsage.rss());
-  registry.gaugeFunc('process_start_time_seconds', 'Start time of the process since the Unix epoch in seconds.', () =>
-    Math.round(startSeconds),
+  const reloads = registry.counter(
+    'atrest_keyring_reloads_total',
+    'Key reloads (SIGHUP), by outcome.',
+    ['outcome'],
+  );
+  registry.counterFunc(
+    'process_cpu_seconds_total',
+    'User and system CPU time spent, in seconds.',
+    () => {
+      const u = process.cpuUsage();
+      return (u.user + u.system) / 1e6;
+    },
+  );
+  registry.gaugeFunc('process_resident_memory_bytes', 'Resident memory size in bytes.', () =>
+    process.memoryUsage.rss(),
+  );
+  registry.gaugeFunc(
+    'process_start_time_seconds',
+    'Start time of the process since the Unix epoch in seconds.',
+    () => Math.round(startSeconds),
   );
 
   return {

@@ -45,7 +45,9 @@ export function parseHealthListen(text: string): { host: string; port: number } 
   return { host: (m[1] ?? m[2])!, port };
 }
 
-async function runChecks(checks: readonly ReadinessCheck[]): Promise<{ name: string; failure?: string }[]> {
+async function runChecks(
+  checks: readonly ReadinessCheck[],
+): Promise<{ name: string; failure?: string }[]> {
   return Promise.all(
     checks.map(async (c) => {
       try {
@@ -68,7 +70,10 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'method not allowed\n');
     switch (url.pathname) {
       case '/livez':
-        return send(200, url.searchParams.has('verbose') ? '[+]ping ok\nlivez check passed\n' : 'ok');
+        return send(
+          200,
+          url.searchParams.has('verbose') ? '[+]ping ok\nlivez check passed\n' : 'ok',
+        );
       case '/healthz':
       case '/readyz': {
         const results = await runChecks(options.checks);

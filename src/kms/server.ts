@@ -12,12 +12,7 @@
 //   anything unexpected -> INTERNAL with a generic message (details in the log only)
 
 import type { Socket } from 'node:net';
-import {
-  AtrestError,
-  BackendError,
-  DecryptionFailedError,
-  type ErrorCode,
-} from '../errors.js';
+import { AtrestError, BackendError, DecryptionFailedError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../logger.js';
 import * as v1 from '../proto/kms-v1beta1.js';
 import * as v2 from '../proto/kms-v2.js';
@@ -118,7 +113,11 @@ function handlersFor(service: KmsService): Record<string, Handler> {
       v2.StatusRequest.decode(m);
       const s = await service.status();
       return {
-        response: v2.StatusResponse.encode({ version: s.version, healthz: s.healthz, key_id: s.keyID }),
+        response: v2.StatusResponse.encode({
+          version: s.version,
+          healthz: s.healthz,
+          key_id: s.keyID,
+        }),
         keyID: s.keyID,
       };
     },
@@ -143,7 +142,11 @@ function handlersFor(service: KmsService): Record<string, Handler> {
         keyID: req.key_id,
         annotations: req.annotations,
       });
-      return { response: v2.DecryptResponse.encode({ plaintext }), uid: req.uid, keyID: req.key_id };
+      return {
+        response: v2.DecryptResponse.encode({ plaintext }),
+        uid: req.uid,
+        keyID: req.key_id,
+      };
     },
   };
 }
@@ -151,7 +154,9 @@ function handlersFor(service: KmsService): Record<string, Handler> {
 /** Client mistakes log at warn; faults on our side at error; successes at info (debug for polls). */
 function levelFor(method: string, code: GrpcCode): 'debug' | 'info' | 'warn' | 'error' {
   if (code === GRPC_CODE.OK) {
-    return method === v2.V2_METHODS.status || method === v1.V1BETA1_METHODS.version ? 'debug' : 'info';
+    return method === v2.V2_METHODS.status || method === v1.V1BETA1_METHODS.version
+      ? 'debug'
+      : 'info';
   }
   const clientSide: readonly GrpcCode[] = [
     GRPC_CODE.INVALID_ARGUMENT,

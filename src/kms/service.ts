@@ -136,7 +136,10 @@ export function classifyBackendError(err: unknown): BackendErrorKind {
   if (err instanceof BackendError) return err.kind;
   if (err instanceof DecryptionFailedError) return 'corruption';
   if (err instanceof FormatInvalidError) return 'user-induced';
-  if (err instanceof AtrestError && (err.code === 'ERR_KEY_UNKNOWN' || err.code === 'ERR_KEY_ID_MISMATCH')) {
+  if (
+    err instanceof AtrestError &&
+    (err.code === 'ERR_KEY_UNKNOWN' || err.code === 'ERR_KEY_ID_MISMATCH')
+  ) {
     return 'user-induced';
   }
   return 'other';
@@ -171,7 +174,11 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
       observer?.backendOperation(operation, 'ok', (performance.now() - started) / 1000);
       return result;
     } catch (err) {
-      observer?.backendOperation(operation, classifyBackendError(err), (performance.now() - started) / 1000);
+      observer?.backendOperation(
+        operation,
+        classifyBackendError(err),
+        (performance.now() - started) / 1000,
+      );
       throw err;
     }
   }
@@ -190,14 +197,17 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     const healthy = lastOk && fresh && (remote?.ok ?? true);
     let reason = V2_HEALTHZ_OK;
     if (!lastOk) reason = lastReason;
-    else if (!fresh) reason = `last successful self-test is older than ${Math.round(maxAgeMs / 1000)}s`;
+    else if (!fresh)
+      reason = `last successful self-test is older than ${Math.round(maxAgeMs / 1000)}s`;
     else if (remote !== undefined && !remote.ok) reason = `${backend.name}: ${remote.message}`;
     return { healthy, lastRunMs, lastSuccessMs, reason: healthy ? V2_HEALTHZ_OK : reason };
   }
 
   async function wrapChecked(plaintext: Uint8Array, uid: string): Promise<EncryptResult> {
     // v2: annotations are stored next to the ciphertext and handed back on Decrypt.
-    const wrapped = await timed('wrap', () => backend.wrap({ plaintext, uid, annotationsAllowed: true }));
+    const wrapped = await timed('wrap', () =>
+      backend.wrap({ plaintext, uid, annotationsAllowed: true }),
+    );
     const annotations = wrapped.annotations ?? {};
     const keyIDBytes = Buffer.byteLength(wrapped.keyID, 'utf8');
     // The API server enforces these on every answer; an answer that breaks them is never sent.
@@ -234,7 +244,8 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
           uid: 'atrest-self-test',
         }),
       );
-      if (!bytesEqual(back, probe)) throw new Error('unwrap returned different bytes than were wrapped');
+      if (!bytesEqual(back, probe))
+        throw new Error('unwrap returned different bytes than were wrapped');
       lastOk = true;
       lastSuccessMs = at;
       if (lastReason !== V2_HEALTHZ_OK) logger.info('self-test passed', { keyID: wrapped.keyID });
@@ -315,7 +326,8 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     },
 
     async decrypt(input) {
-      if (input.ciphertext.length === 0) throw requestInvalid('ciphertext is empty; nothing to decrypt');
+      if (input.ciphertext.length === 0)
+        throw requestInvalid('ciphertext is empty; nothing to decrypt');
       if (input.keyID.length === 0) throw requestInvalid('key_id is empty');
       return timed('unwrap', () =>
         backend.unwrap({

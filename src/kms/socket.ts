@@ -32,11 +32,17 @@ export interface UnixListener {
 /** Parses an octal mode like 0600 or 660; only rw bits for user/group/other make sense for a socket. */
 export function parseSocketMode(text: string): number {
   if (!/^0?[0-7]{3}$/.test(text)) {
-    throw new AtrestError('ERR_CONFIG_INVALID', `socket mode "${text}" is not an octal mode like 0600`);
+    throw new AtrestError(
+      'ERR_CONFIG_INVALID',
+      `socket mode "${text}" is not an octal mode like 0600`,
+    );
   }
   const mode = parseInt(text, 8);
   if ((mode & 0o600) !== 0o600) {
-    throw new AtrestError('ERR_CONFIG_INVALID', `socket mode ${text} must give the owner read and write`);
+    throw new AtrestError(
+      'ERR_CONFIG_INVALID',
+      `socket mode ${text} must give the owner read and write`,
+    );
   }
   if ((mode & 0o006) !== 0) {
     throw new AtrestError(
@@ -54,9 +60,13 @@ export async function resolveGroup(group: string, groupFile = '/etc/group'): Pro
   try {
     text = await fsp.readFile(groupFile, 'utf8');
   } catch (err) {
-    throw new AtrestError('ERR_CONFIG_INVALID', `cannot read ${groupFile} to resolve group ${group}`, {
-      cause: err,
-    });
+    throw new AtrestError(
+      'ERR_CONFIG_INVALID',
+      `cannot read ${groupFile} to resolve group ${group}`,
+      {
+        cause: err,
+      },
+    );
   }
   for (const line of text.split('\n')) {
     const [name, , gid] = line.split(':');
@@ -95,6 +105,28 @@ function inUse(endpoint: UnixEndpoint): AtrestError {
 }
 
 /**
+ * Refuses a socket directory someone else controls: owned by another (non-root) user, or writable by
+ * group/others without the sticky bit (they could swap our socket for theirs). /tmp (1777) is fine.
+ */
+async function checkDirectory(dir: string): Promise<void> {
+  const st = await fsp.stat(dir);
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid && st.uid !== 0) {
+    throw new AtrestError(
+      'ERR_SOCKET_ENDPOINT',
+      `socket directory ${dir} belongs to uid ${st.uid}, not to this user or root; refusing to use it`,
+    );
+  }
+  if ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0) {
+    throw new AtrestError(
+      'ERR_SOCKET_ENDPOINT',
+      `socket directory ${dir} is writable by group or others (mode ${(st.mode & 0o7777).toString(8)}); ` +
+        'use a directory only root (or this user) can write to',
+    );
+  }
+}
+
+/**
  * Makes `endpoint` bindable: creates a missing parent directory with mode 0700, removes a socket
  * nobody answers on, and refuses a live socket or anything that is not a socket.
  */
@@ -108,6 +140,7 @@ export async function prepareSocketPath(endpoint: UnixEndpoint): Promise<void> {
     );
   }
   await fsp.mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  await checkDirectory(dirname(path));
   let st;
   try {
     st = await fsp.lstat(path);
@@ -157,9 +190,13 @@ async function bindOnce(
     await listenOnce(server, endpoint.address);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') throw inUse(endpoint);
-    throw new AtrestError('ERR_SOCKET_ENDPOINT', `cannot listen on ${endpoint.path}: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new AtrestError(
+      'ERR_SOCKET_ENDPOINT',
+      `cannot listen on ${endpoint.path}: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
   }
   if (endpoint.abstract) return { server, ino: undefined };
   try {
@@ -181,7 +218,11 @@ async function bindOnce(
  * handle closes, whatever is there by then. If the path no longer holds our socket, a hard link keeps
  * the other file and is renamed back after the close.
  */
-async function closeKeepingOthers(server: Server, endpoint: UnixEndpoint, ino: number | undefined): Promise<void> {
+async function closeKeepingOthers(
+  server: Server,
+  endpoint: UnixEndpoint,
+  ino: number | undefined,
+): Promise<void> {
   if (endpoint.abstract) return void server.close();
   let foreign = false;
   try {

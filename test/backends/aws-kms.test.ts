@@ -99,6 +99,7 @@ runBackendSuite('aws-kms (direct)', {
   rotate,
   rotationNoticedBy: 'background',
   withUnknownKeyID: unknownKeyID,
+  server: { stop: () => moto.stop(), start: () => moto.start() },
 });
 
 describe('aws-kms backend', () => {
@@ -161,11 +162,14 @@ describe('aws-kms backend', () => {
     });
   });
 
-  it('reports a disabled key as user-induced in health, without retrying it', async (t) => {
+  it('reports a disabled key as user-induced in health, without retrying it, and drops cached local KEKs', async (t) => {
     const arn = await moto.newKey();
-    const b = open({ background: false, localKEK: false }, { keyId: arn });
+    const b = open({ background: false }, { keyId: arn });
     t.after(() => b.close());
-    await b.refresh();
+    const plaintext = randomBytes(32);
+    const w = await b.wrap({ plaintext });
+    await b.unwrap({ ciphertext: w.ciphertext });
+    assert.equal(b.remoteCalls().decrypt, 0, 'the local KEK is cached');
     const bareID = arn.slice(arn.lastIndexOf('/') + 1);
     await moto.admin.send(new DisableKeyCommand({ KeyId: bareID }));
     t.after(() => moto.admin.send(new EnableKeyCommand({ KeyId: bareID })));
@@ -179,6 +183,9 @@ describe('aws-kms backend', () => {
     assert.equal(b.remoteCalls().resolve - before, 1, 'a user-induced error is not retried');
     assert.equal(b.health().ok, false);
     assert.equal(b.health().kind, 'user-induced');
+    // The cached local KEK is gone: the next unwrap asks the key manager again.
+    await b.unwrap({ ciphertext: w.ciphertext }).catch(() => undefined);
+    assert.equal(b.remoteCalls().decrypt, 1);
   });
 
   it('classifies SDK errors into the five kinds', () => {

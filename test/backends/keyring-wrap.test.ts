@@ -86,7 +86,11 @@ test('a wrapped DEK opened with other key material fails authentication', () => 
 test('truncated and foreign ciphertexts are refused as malformed', () => {
   const wrapped = Buffer.from(GOLDEN.wrapped, 'hex');
   for (const len of [0, 2, 4, 5, 39, 50, 66]) {
-    assert.throws(() => parseWrapped(wrapped.subarray(0, len)), FormatInvalidError, `length ${len}`);
+    assert.throws(
+      () => parseWrapped(wrapped.subarray(0, len)),
+      FormatInvalidError,
+      `length ${len}`,
+    );
   }
   assert.throws(() => parseWrapped(Buffer.from('k8s:enc:kms:v1:foo')), FormatInvalidError);
 });

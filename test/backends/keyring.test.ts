@@ -85,7 +85,10 @@ test('retire refuses the active key and unknown ids, and remembers retired ids',
   assert.throws(() => retireKey(k, 'nope', new Date()), hasCode('ERR_KEY_UNKNOWN'));
   k = rotateKeyring(k, new Date(), randomBytes);
   k = retireKey(k, first, new Date());
-  assert.deepEqual(k.keys.map((x) => x.id), [k.active]);
+  assert.deepEqual(
+    k.keys.map((x) => x.id),
+    [k.active],
+  );
   assert.equal(k.retired[0]!.id, first);
   const reparsed = parseKeyring(serializeKeyring(k), 'test');
   assert.equal(reparsed.retired[0]!.id, first);
@@ -105,7 +108,14 @@ test('an invalid keyring document reports every problem and never the secret', (
     () => parseKeyring(JSON.stringify(doc), 'k.json'),
     (err: unknown) => {
       assert.ok(err instanceof AtrestError && err.code === 'ERR_KEYRING_INVALID');
-      for (const part of ['format', 'keys[0].created', 'keys[0].secret', 'keys[1].id', 'keys[2].id', 'active']) {
+      for (const part of [
+        'format',
+        'keys[0].created',
+        'keys[0].secret',
+        'keys[1].id',
+        'keys[2].id',
+        'active',
+      ]) {
         assert.ok(err.message.includes(part), `mentions ${part}: ${err.message}`);
       }
       assert.ok(!err.message.includes('c2hvcnQ='));
@@ -136,7 +146,7 @@ test('keyring files are written 0600, atomically, and init never overwrites', as
   assert.deepEqual(await readdir(dir), ['keyring.json'], 'no temp files left behind');
 });
 
-test('a keyring readable by group or others, a symlink or a missing file is refused', async (t) => {
+test('a keyring readable by group or others, or a missing file, is refused; symlinks are judged by their target', async (t) => {
   const dir = await tempDir(t);
   const path = await newKeyringFile(dir);
   for (const mode of [0o640, 0o604, 0o660]) {
@@ -148,10 +158,15 @@ test('a keyring readable by group or others, a symlink or a missing file is refu
     });
     await assert.rejects(createKeyringBackend({ path }), hasCode('ERR_KEYRING_PERMISSIONS'));
   }
-  await chmod(path, 0o600);
   const link = join(dir, 'link.json');
   await symlink(path, link);
   await assert.rejects(readKeyringFile(link), hasCode('ERR_KEYRING_PERMISSIONS'));
+  await chmod(path, 0o400);
+  assert.equal(
+    (await readKeyringFile(link)).keys.length,
+    1,
+    'a read-only Secret volume file works',
+  );
   await assert.rejects(readKeyringFile(join(dir, 'absent.json')), hasCode('ERR_KEYRING_MISSING'));
 });
 
@@ -186,7 +201,10 @@ test('the backend refuses unknown key ids, mismatched request key ids and tamper
     await other.close();
   });
   const foreign = await other.wrap({ plaintext: randomBytes(32) });
-  await assert.rejects(backend.unwrap({ ciphertext: foreign.ciphertext }), hasCode('ERR_KEY_UNKNOWN'));
+  await assert.rejects(
+    backend.unwrap({ ciphertext: foreign.ciphertext }),
+    hasCode('ERR_KEY_UNKNOWN'),
+  );
   const mine = await backend.wrap({ plaintext: randomBytes(32) });
   await assert.rejects(
     backend.unwrap({ ciphertext: mine.ciphertext, keyID: foreign.keyID }),

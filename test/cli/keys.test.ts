@@ -37,7 +37,10 @@ test('keys rotate and list show ids, creation times and the active key, never ke
   const json = await runCli(t, ['keys', 'list', '--keyring', path, '-o', 'json']);
   const listed = JSON.parse(json.stdout) as Listed;
   assert.equal(listed.keys.length, 2);
-  assert.deepEqual(listed.keys.map((k) => k.active), [false, true]);
+  assert.deepEqual(
+    listed.keys.map((k) => k.active),
+    [false, true],
+  );
   const table = await runCli(t, ['keys', 'list', '--keyring', path]);
   const lines = table.stdout.trim().split('\n');
   assert.match(lines[0]!, /^ID\s+CREATED\s+ACTIVE$/);
@@ -53,16 +56,25 @@ test('keys retire warns and refuses without --force, removes the key with it', a
   const path = join(dir, 'keyring.json');
   await runCli(t, ['keys', 'init', '--keyring', path]);
   await runCli(t, ['keys', 'rotate', '--keyring', path]);
-  const first = (JSON.parse((await runCli(t, ['keys', 'list', '--keyring', path, '-o', 'json'])).stdout) as Listed).keys[0]!.id;
+  const first = (
+    JSON.parse(
+      (await runCli(t, ['keys', 'list', '--keyring', path, '-o', 'json'])).stdout,
+    ) as Listed
+  ).keys[0]!.id;
   const no = await runCli(t, ['keys', 'retire', first, '--keyring', path]);
   assert.equal(no.code, 1);
   assert.match(no.stderr, /WARNING: every DEK wrapped by key .* becomes permanently unreadable/);
   assert.match(no.stderr, /--force/);
   const yes = await runCli(t, ['keys', 'retire', first, '--keyring', path, '--force']);
   assert.equal(yes.code, 0, yes.stderr);
-  const listed = JSON.parse((await runCli(t, ['keys', 'list', '--keyring', path, '-o', 'json'])).stdout) as Listed;
+  const listed = JSON.parse(
+    (await runCli(t, ['keys', 'list', '--keyring', path, '-o', 'json'])).stdout,
+  ) as Listed;
   assert.deepEqual(listed.keys.map((k) => k.id).includes(first), false);
-  assert.deepEqual(listed.retired.map((r) => r.id), [first]);
+  assert.deepEqual(
+    listed.retired.map((r) => r.id),
+    [first],
+  );
   const active = listed.keys[0]!.id;
   const activeRetire = await runCli(t, ['keys', 'retire', active, '--keyring', path, '--force']);
   assert.equal(activeRetire.code, 1);

@@ -12,8 +12,22 @@ import * as v2 from '../../src/proto/kms-v2.js';
 import { createGrpcClient, type GrpcClient } from '../../src/grpc/client.js';
 import { readKeyringFile } from '../../src/backends/keyring-file.js';
 import { keyIDHash } from '../../src/health/plugin-metrics.js';
-import { RawH2Client, grpcFrame, grpcRequestBlock, hpackLiteral, messageOf, statusOf } from '../grpc/raw-h2.js';
-import { httpGet, newKeyringFile, runCli, spawnCli, tempDir, type Cleanup } from '../kms/helpers.js';
+import {
+  RawH2Client,
+  grpcFrame,
+  grpcRequestBlock,
+  hpackLiteral,
+  messageOf,
+  statusOf,
+} from '../grpc/raw-h2.js';
+import {
+  httpGet,
+  newKeyringFile,
+  runCli,
+  spawnCli,
+  tempDir,
+  type Cleanup,
+} from '../kms/helpers.js';
 
 const T = { timeoutMs: 5000 };
 
@@ -34,7 +48,15 @@ async function serve(t: Cleanup, extra: readonly string[] = []) {
   const serving = await proc.waitForLog('serving');
   const client = createGrpcClient({ address: socket });
   t.after(() => client.close());
-  return { dir, keyring, socket, proc, serving, client, health: `http://${String(serving['health'])}` };
+  return {
+    dir,
+    keyring,
+    socket,
+    proc,
+    serving,
+    client,
+    health: `http://${String(serving['health'])}`,
+  };
 }
 
 async function status(c: GrpcClient) {
@@ -48,7 +70,11 @@ test('serve listens on a 0600 socket in a 0700 directory and answers both KMS AP
   assert.equal(st.mode & 0o777, 0o600);
   assert.equal((await stat(join(s.dir, 'run'))).mode & 0o777, 0o700);
   const version = v1.VersionResponse.decode(
-    await s.client.unary(v1.V1BETA1_METHODS.version, v1.VersionRequest.encode({ version: 'v1beta1' }), T),
+    await s.client.unary(
+      v1.V1BETA1_METHODS.version,
+      v1.VersionRequest.encode({ version: 'v1beta1' }),
+      T,
+    ),
   );
   const pkg = JSON.parse(await readFile('package.json', 'utf8')) as { version: string };
   assert.equal(version.runtime_version, pkg.version);
@@ -79,7 +105,13 @@ test('serve removes a stale socket left by a killed plugin', async (t) => {
   await first.proc.exited();
   assert.ok((await stat(first.socket)).isSocket(), 'SIGKILL leaves the socket behind');
   const again = spawnCli(t, [
-    'serve', '--listen', `unix://${first.socket}`, '--keyring', first.keyring, '--health-listen', 'off',
+    'serve',
+    '--listen',
+    `unix://${first.socket}`,
+    '--keyring',
+    first.keyring,
+    '--health-listen',
+    'off',
   ]);
   await again.waitForLog('serving');
   const c = createGrpcClient({ address: first.socket });
@@ -92,7 +124,13 @@ test('serve removes a stale socket left by a killed plugin', async (t) => {
 test('serve refuses a socket another plugin is listening on', async (t) => {
   const s = await serve(t);
   const second = await runCli(t, [
-    'serve', '--listen', `unix://${s.socket}`, '--keyring', s.keyring, '--health-listen', 'off',
+    'serve',
+    '--listen',
+    `unix://${s.socket}`,
+    '--keyring',
+    s.keyring,
+    '--health-listen',
+    'off',
   ]);
   assert.notEqual(second.code, 0);
   assert.match(second.stderr, new RegExp(`another plugin is listening on ${s.socket}`));
@@ -104,7 +142,15 @@ test('serve refuses a path that is not a socket', async (t) => {
   const keyring = await newKeyringFile(dir);
   const path = join(dir, 'kms.sock');
   await writeFile(path, 'not a socket');
-  const r = await runCli(t, ['serve', '--listen', `unix://${path}`, '--keyring', keyring, '--health-listen', 'off']);
+  const r = await runCli(t, [
+    'serve',
+    '--listen',
+    `unix://${path}`,
+    '--keyring',
+    keyring,
+    '--health-listen',
+    'off',
+  ]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /is not a socket; refusing to remove it/);
   assert.equal(await readFile(path, 'utf8'), 'not a socket');
@@ -114,12 +160,28 @@ test('serve refuses a keyring readable by group or others, and a missing one', a
   const dir = await tempDir(t);
   const keyring = await newKeyringFile(dir);
   await chmod(keyring, 0o644);
-  const r = await runCli(t, ['serve', '--listen', `unix://${join(dir, 'k.sock')}`, '--keyring', keyring, '--health-listen', 'off']);
+  const r = await runCli(t, [
+    'serve',
+    '--listen',
+    `unix://${join(dir, 'k.sock')}`,
+    '--keyring',
+    keyring,
+    '--health-listen',
+    'off',
+  ]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /accessible by group or others \(mode 0644\).*chmod 600/);
   await assert.rejects(stat(join(dir, 'k.sock')), /ENOENT/, 'nothing was bound');
   const missing = join(dir, 'absent.json');
-  const r2 = await runCli(t, ['serve', '--listen', `unix://${join(dir, 'k.sock')}`, '--keyring', missing, '--health-listen', 'off']);
+  const r2 = await runCli(t, [
+    'serve',
+    '--listen',
+    `unix://${join(dir, 'k.sock')}`,
+    '--keyring',
+    missing,
+    '--health-listen',
+    'off',
+  ]);
   assert.equal(r2.code, 1);
   assert.match(r2.stderr, /does not exist/);
   await assert.rejects(stat(missing), /ENOENT/, 'serve never creates a keyring');
@@ -129,7 +191,11 @@ test('serve on unix:///@name uses an abstract socket and creates no file named @
   const dir = await tempDir(t);
   const keyring = await newKeyringFile(dir);
   const name = `atrest-cli-${randomBytes(6).toString('hex')}`;
-  const proc = spawnCli(t, ['serve', '--listen', `unix:///@${name}`, '--keyring', keyring, '--health-listen', 'off'], dir);
+  const proc = spawnCli(
+    t,
+    ['serve', '--listen', `unix:///@${name}`, '--keyring', keyring, '--health-listen', 'off'],
+    dir,
+  );
   await proc.waitForLog('serving');
   const c = createGrpcClient({ address: '\0' + name });
   t.after(() => c.close());
@@ -144,10 +210,18 @@ test('keys rotate + SIGHUP: Status reports the new key id and old DEKs still dec
   const s = await serve(t);
   const dek = randomBytes(32);
   const old = v2.EncryptResponse.decode(
-    await s.client.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: dek, uid: 'u1' }), T),
+    await s.client.unary(
+      v2.V2_METHODS.encrypt,
+      v2.EncryptRequest.encode({ plaintext: dek, uid: 'u1' }),
+      T,
+    ),
   );
   const oldV1 = v1.EncryptResponse.decode(
-    await s.client.unary(v1.V1BETA1_METHODS.encrypt, v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }), T),
+    await s.client.unary(
+      v1.V1BETA1_METHODS.encrypt,
+      v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }),
+      T,
+    ),
   );
   const rotate = await runCli(t, ['keys', 'rotate', '--keyring', s.keyring]);
   assert.equal(rotate.code, 0);
@@ -159,7 +233,11 @@ test('keys rotate + SIGHUP: Status reports the new key id and old DEKs still dec
   assert.equal(st.key_id, newID);
   assert.equal(st.healthz, 'ok');
   const fresh = v2.EncryptResponse.decode(
-    await s.client.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: dek, uid: 'u2' }), T),
+    await s.client.unary(
+      v2.V2_METHODS.encrypt,
+      v2.EncryptRequest.encode({ plaintext: dek, uid: 'u2' }),
+      T,
+    ),
   );
   assert.equal(fresh.key_id, newID);
   const back = v2.DecryptResponse.decode(
@@ -171,7 +249,11 @@ test('keys rotate + SIGHUP: Status reports the new key id and old DEKs still dec
   );
   assert.deepEqual(back.plaintext, dek);
   const backV1 = v1.DecryptResponse.decode(
-    await s.client.unary(v1.V1BETA1_METHODS.decrypt, v1.DecryptRequest.encode({ version: 'v1beta1', cipher: oldV1.cipher }), T),
+    await s.client.unary(
+      v1.V1BETA1_METHODS.decrypt,
+      v1.DecryptRequest.encode({ version: 'v1beta1', cipher: oldV1.cipher }),
+      T,
+    ),
   );
   assert.deepEqual(backV1.plain, dek);
 });
@@ -192,25 +274,59 @@ test('SIGHUP with an invalid keyring logs the error and keeps the old keys', asy
 test('/livez, /healthz, /readyz and /metrics answer on the health listener', async (t) => {
   const s = await serve(t);
   const dek = randomBytes(32);
-  await s.client.unary(v1.V1BETA1_METHODS.encrypt, v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }), T);
-  await assert.rejects(s.client.unary(v1.V1BETA1_METHODS.decrypt, v1.DecryptRequest.encode({ version: 'v1beta1', cipher: Buffer.from('xx') }), T));
+  await s.client.unary(
+    v1.V1BETA1_METHODS.encrypt,
+    v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }),
+    T,
+  );
+  await assert.rejects(
+    s.client.unary(
+      v1.V1BETA1_METHODS.decrypt,
+      v1.DecryptRequest.encode({ version: 'v1beta1', cipher: Buffer.from('xx') }),
+      T,
+    ),
+  );
   assert.deepEqual(await httpGet(`${s.health}/livez`).then((r) => [r.status, r.body]), [200, 'ok']);
-  assert.deepEqual(await httpGet(`${s.health}/healthz`).then((r) => [r.status, r.body]), [200, 'ok']);
+  assert.deepEqual(await httpGet(`${s.health}/healthz`).then((r) => [r.status, r.body]), [
+    200,
+    'ok',
+  ]);
   const ready = await httpGet(`${s.health}/readyz?verbose`);
   assert.equal(ready.status, 200);
-  assert.match(ready.body, /\[\+\]socket ok\n\[\+\]keyring-loaded ok\n\[\+\]self-test ok\nreadyz check passed/);
+  assert.match(
+    ready.body,
+    /\[\+\]socket ok\n\[\+\]keyring-loaded ok\n\[\+\]self-test ok\nreadyz check passed/,
+  );
   const m = await httpGet(`${s.health}/metrics`);
   assert.equal(m.status, 200);
   assert.match(m.type, /^text\/plain; version=0\.0\.4/);
   const active = (await readKeyringFile(s.keyring)).active;
-  assert.match(m.body, /atrest_grpc_requests_total\{service="v1beta1\.KeyManagementService",method="Encrypt",code="OK"\} 1/);
-  assert.match(m.body, /atrest_grpc_requests_total\{service="v1beta1\.KeyManagementService",method="Decrypt",code="INVALID_ARGUMENT"\} 1/);
-  assert.match(m.body, /atrest_grpc_request_duration_seconds_bucket\{service="v1beta1\.KeyManagementService",method="Encrypt",le="\+Inf"\} 1/);
-  assert.match(m.body, /atrest_backend_operations_total\{backend="keyring",operation="wrap",outcome="ok"\} \d+/);
-  assert.match(m.body, /atrest_backend_operations_total\{backend="keyring",operation="unwrap",outcome="user-induced"\} 1/);
+  assert.match(
+    m.body,
+    /atrest_grpc_requests_total\{service="v1beta1\.KeyManagementService",method="Encrypt",code="OK"\} 1/,
+  );
+  assert.match(
+    m.body,
+    /atrest_grpc_requests_total\{service="v1beta1\.KeyManagementService",method="Decrypt",code="INVALID_ARGUMENT"\} 1/,
+  );
+  assert.match(
+    m.body,
+    /atrest_grpc_request_duration_seconds_bucket\{service="v1beta1\.KeyManagementService",method="Encrypt",le="\+Inf"\} 1/,
+  );
+  assert.match(
+    m.body,
+    /atrest_backend_operations_total\{backend="keyring",operation="wrap",outcome="ok"\} \d+/,
+  );
+  assert.match(
+    m.body,
+    /atrest_backend_operations_total\{backend="keyring",operation="unwrap",outcome="user-induced"\} 1/,
+  );
   assert.ok(m.body.includes(`atrest_active_key_id_info{key_id_hash="${keyIDHash(active)}"} 1`));
   assert.ok(!m.body.includes(active), 'the raw key id is never a label');
-  assert.match(m.body, /atrest_build_info\{version="[^"]+",node_version="v20\.[^"]+",backend="keyring"\} 1/);
+  assert.match(
+    m.body,
+    /atrest_build_info\{version="[^"]+",node_version="v20\.[^"]+",backend="keyring"\} 1/,
+  );
   assert.match(m.body, /process_cpu_seconds_total \d/);
   assert.equal((await httpGet(`${s.health}/nope`)).status, 404);
 });
@@ -242,12 +358,26 @@ test('--health-listen off starts no health listener; a taken port is refused cle
   const dir = await tempDir(t);
   const keyring = await newKeyringFile(dir);
   const r = await runCli(t, [
-    'serve', '--listen', `unix://${join(dir, 'x.sock')}`, '--keyring', keyring, '--health-listen', `127.0.0.1:${port}`,
+    'serve',
+    '--listen',
+    `unix://${join(dir, 'x.sock')}`,
+    '--keyring',
+    keyring,
+    '--health-listen',
+    `127.0.0.1:${port}`,
   ]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /cannot listen for health checks on 127\.0\.0\.1:\d+: EADDRINUSE/);
   await assert.rejects(stat(join(dir, 'x.sock')), /ENOENT/, 'the KMS socket is removed again');
-  const off = spawnCli(t, ['serve', '--listen', `unix://${join(dir, 'y.sock')}`, '--keyring', keyring, '--health-listen', 'off']);
+  const off = spawnCli(t, [
+    'serve',
+    '--listen',
+    `unix://${join(dir, 'y.sock')}`,
+    '--keyring',
+    keyring,
+    '--health-listen',
+    'off',
+  ]);
   const line = await off.waitForLog('serving');
   assert.equal(line['health'], 'off');
 });
@@ -255,23 +385,38 @@ test('--health-listen off starts no health listener; a taken port is refused cle
 test('serve --dev creates a labelled development keyring on first run and prints the config to paste', async (t) => {
   const dir = await tempDir(t);
   const socket = join(dir, 'dev.sock');
-  const first = spawnCli(t, ['serve', '--dev', '--listen', `unix://${socket}`, '--health-listen', 'off'], dir);
+  const first = spawnCli(
+    t,
+    ['serve', '--dev', '--listen', `unix://${socket}`, '--health-listen', 'off'],
+    dir,
+  );
   await first.waitForLog('serving');
   const out = await first.waitForStdout(/Stop with Ctrl-C/);
   assert.match(out, /DEVELOPMENT/);
   assert.match(out, /never encrypt real cluster data/);
   assert.ok(out.includes(`endpoint: unix://${socket}`));
-  assert.match(out, /kind: EncryptionConfiguration[\s\S]*apiVersion: v2[\s\S]*apiVersion: v1[\s\S]*cachesize: 1000/);
+  assert.match(
+    out,
+    /kind: EncryptionConfiguration[\s\S]*apiVersion: v2[\s\S]*apiVersion: v1[\s\S]*cachesize: 1000/,
+  );
   const keyringPath = join(dir, '.atrest-dev', 'keyring.json');
   const keyring = await readKeyringFile(keyringPath);
   assert.equal(keyring.development, true);
   assert.equal((await stat(keyringPath)).mode & 0o777, 0o600);
   first.child.kill('SIGTERM');
   assert.equal(await first.exited(), 0);
-  const second = spawnCli(t, ['serve', '--dev', '--listen', `unix://${socket}`, '--health-listen', 'off'], dir);
+  const second = spawnCli(
+    t,
+    ['serve', '--dev', '--listen', `unix://${socket}`, '--health-listen', 'off'],
+    dir,
+  );
   await second.waitForLog('serving');
   assert.match(await second.waitForStdout(/Stop with Ctrl-C/), /using the DEVELOPMENT keyring/);
-  assert.equal((await readKeyringFile(keyringPath)).active, keyring.active, 'the second run reuses the key');
+  assert.equal(
+    (await readKeyringFile(keyringPath)).active,
+    keyring.active,
+    'the second run reuses the key',
+  );
   second.child.kill('SIGTERM');
   assert.equal(await second.exited(), 0);
 });
@@ -281,7 +426,13 @@ test('serve without --listen or --keyring explains what is missing', async (t) =
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /--listen/);
   const dir = await tempDir(t);
-  const r2 = await runCli(t, ['serve', '--listen', `unix://${join(dir, 'a.sock')}`, '--health-listen', 'off']);
+  const r2 = await runCli(t, [
+    'serve',
+    '--listen',
+    `unix://${join(dir, 'a.sock')}`,
+    '--health-listen',
+    'off',
+  ]);
   assert.notEqual(r2.code, 0);
   assert.match(r2.stderr, /--keyring/);
 });
@@ -293,7 +444,15 @@ test('a live listener elsewhere on the same path stays untouched after serve ref
   const other = createServer((c) => c.destroy());
   await new Promise<void>((r) => other.listen(path, r));
   t.after(() => new Promise<void>((r) => other.close(() => r())));
-  const r = await runCli(t, ['serve', '--listen', `unix://${path}`, '--keyring', keyring, '--health-listen', 'off']);
+  const r = await runCli(t, [
+    'serve',
+    '--listen',
+    `unix://${path}`,
+    '--keyring',
+    keyring,
+    '--health-listen',
+    'off',
+  ]);
   assert.match(r.stderr, /another plugin is listening/);
   assert.ok((await stat(path)).isSocket());
 });
@@ -304,23 +463,44 @@ test('serve answers v1 and v2 calls whose :authority is the raw socket path, as 
   t.after(() => c.close());
   let stream = 1;
   const call = async (method: string, body: Buffer): Promise<Buffer> => {
-    const r = await c.request(stream, grpcRequestBlock(method, hpackLiteral('without', 1, s.socket)), grpcFrame(body));
+    const r = await c.request(
+      stream,
+      grpcRequestBlock(method, hpackLiteral('without', 1, s.socket)),
+      grpcFrame(body),
+    );
     stream += 2;
     assert.equal(statusOf(r), 0, `${method}: ${JSON.stringify(r.headers)}`);
     return messageOf(r);
   };
   const dek = randomBytes(32);
-  const version = v1.VersionResponse.decode(await call(v1.V1BETA1_METHODS.version, v1.VersionRequest.encode({ version: 'v1beta1' })));
+  const version = v1.VersionResponse.decode(
+    await call(v1.V1BETA1_METHODS.version, v1.VersionRequest.encode({ version: 'v1beta1' })),
+  );
   assert.equal(version.version, 'v1beta1');
-  const enc1 = v1.EncryptResponse.decode(await call(v1.V1BETA1_METHODS.encrypt, v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek })));
-  const dec1 = v1.DecryptResponse.decode(await call(v1.V1BETA1_METHODS.decrypt, v1.DecryptRequest.encode({ version: 'v1beta1', cipher: enc1.cipher })));
+  const enc1 = v1.EncryptResponse.decode(
+    await call(
+      v1.V1BETA1_METHODS.encrypt,
+      v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }),
+    ),
+  );
+  const dec1 = v1.DecryptResponse.decode(
+    await call(
+      v1.V1BETA1_METHODS.decrypt,
+      v1.DecryptRequest.encode({ version: 'v1beta1', cipher: enc1.cipher }),
+    ),
+  );
   assert.deepEqual(dec1.plain, dek);
   const st = v2.StatusResponse.decode(await call(v2.V2_METHODS.status, Buffer.alloc(0)));
   assert.equal(st.healthz, 'ok');
-  const enc2 = v2.EncryptResponse.decode(await call(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: dek, uid: 'raw' })));
+  const enc2 = v2.EncryptResponse.decode(
+    await call(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: dek, uid: 'raw' })),
+  );
   assert.equal(enc2.key_id, st.key_id);
   const dec2 = v2.DecryptResponse.decode(
-    await call(v2.V2_METHODS.decrypt, v2.DecryptRequest.encode({ ciphertext: enc2.ciphertext, uid: 'raw', key_id: enc2.key_id })),
+    await call(
+      v2.V2_METHODS.decrypt,
+      v2.DecryptRequest.encode({ ciphertext: enc2.ciphertext, uid: 'raw', key_id: enc2.key_id }),
+    ),
   );
   assert.deepEqual(dec2.plaintext, dek);
 });

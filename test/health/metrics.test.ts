@@ -4,7 +4,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRegistry } from '../../src/health/metrics.js';
 import { createPluginMetrics, keyIDHash } from '../../src/health/plugin-metrics.js';
-import { parseHealthListen, startHealthServer, DEFAULT_HEALTH_LISTEN } from '../../src/health/server.js';
+import {
+  parseHealthListen,
+  startHealthServer,
+  DEFAULT_HEALTH_LISTEN,
+} from '../../src/health/server.js';
 import { silentLogger } from '../../src/logger.js';
 import { AtrestError } from '../../src/errors.js';
 
@@ -33,8 +37,14 @@ test('unknown gRPC methods never become label values', () => {
   m.recordCall('/v2.KeyManagementService/Status', 'OK', 0.001);
   const text = m.registry.render();
   assert.ok(!text.includes('evil'));
-  assert.match(text, /atrest_grpc_requests_total\{service="unknown",method="unknown",code="UNIMPLEMENTED"\} 50/);
-  assert.match(text, /atrest_grpc_requests_total\{service="v2\.KeyManagementService",method="Status",code="OK"\} 1/);
+  assert.match(
+    text,
+    /atrest_grpc_requests_total\{service="unknown",method="unknown",code="UNIMPLEMENTED"\} 50/,
+  );
+  assert.match(
+    text,
+    /atrest_grpc_requests_total\{service="v2\.KeyManagementService",method="Status",code="OK"\} 1/,
+  );
 });
 
 test('the active key id appears only as a sha256 hash, one series at a time', () => {
@@ -73,7 +83,10 @@ test('/readyz lists failing checks with 503 while /livez stays 200', async (t) =
   const base = `http://127.0.0.1:${server.port}`;
   const ready = await fetch(`${base}/readyz`);
   assert.equal(ready.status, 503);
-  assert.equal(await ready.text(), '[+]socket ok\n[-]self-test failed: backend down\nreadyz check failed\n');
+  assert.equal(
+    await ready.text(),
+    '[+]socket ok\n[-]self-test failed: backend down\nreadyz check failed\n',
+  );
   assert.equal((await fetch(`${base}/healthz`)).status, 503);
   assert.equal((await fetch(`${base}/livez`)).status, 200);
   failing = undefined;

@@ -54,6 +54,12 @@ test('the KMS v1 example is the Kubernetes 1.11 EncryptionConfig form', async ()
 });
 
 test('the KMS v2 and v1 examples match what serve --dev prints, apart from the endpoint', async () => {
-  assert.deepEqual(await yamlFile('deploy/encryption-config/kms-v2.yaml'), parse(encryptionConfigV2(ENDPOINT)));
-  assert.deepEqual(await yamlFile('deploy/encryption-config/kms-v1.yaml'), parse(encryptionConfigV1(ENDPOINT)));
+  assert.deepEqual(
+    await yamlFile('deploy/encryption-config/kms-v2.yaml'),
+    parse(encryptionConfigV2(ENDPOINT)),
+  );
+  assert.deepEqual(
+    await yamlFile('deploy/encryption-config/kms-v1.yaml'),
+    parse(encryptionConfigV1(ENDPOINT)),
+  );
 });

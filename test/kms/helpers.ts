@@ -12,7 +12,11 @@ import { createKeyringBackend, type KeyringBackend } from '../../src/backends/ke
 import { parseUnixEndpoint } from '../../src/grpc/endpoint.js';
 import { createGrpcClient, type GrpcClient } from '../../src/grpc/client.js';
 import { silentLogger, type Logger } from '../../src/logger.js';
-import { createKmsService, type KmsService, type KmsServiceOptions } from '../../src/kms/service.js';
+import {
+  createKmsService,
+  type KmsService,
+  type KmsServiceOptions,
+} from '../../src/kms/service.js';
 import { startKmsServer, type KmsServer } from '../../src/kms/server.js';
 
 export const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
@@ -57,7 +61,11 @@ export async function startInProcessPlugin(
   const service = createKmsService({ backend, version: '9.9.9-test', logger, ...options.service });
   await service.start();
   const socketPath = join(dir, 'kms.sock');
-  const server = await startKmsServer({ endpoint: parseUnixEndpoint(`unix://${socketPath}`), service, logger });
+  const server = await startKmsServer({
+    endpoint: parseUnixEndpoint(`unix://${socketPath}`),
+    service,
+    logger,
+  });
   const clients: GrpcClient[] = [];
   t.after(async () => {
     for (const c of clients) await c.close();
@@ -143,7 +151,11 @@ export function spawnCli(t: Cleanup, args: readonly string[], cwd?: string): Ser
           const hit = logs().find((l) => l['msg'] === msg);
           if (hit !== undefined) return resolve(hit);
           if (child.exitCode !== null || child.signalCode !== null) {
-            return reject(new Error(`atrest exited (${child.exitCode ?? child.signalCode}) before "${msg}":\n${err}`));
+            return reject(
+              new Error(
+                `atrest exited (${child.exitCode ?? child.signalCode}) before "${msg}":\n${err}`,
+              ),
+            );
           }
           if (Date.now() - started > timeoutMs) {
             return reject(new Error(`no "${msg}" log line within ${timeoutMs} ms:\n${err}`));
@@ -167,7 +179,13 @@ export async function runCli(
   return { code, stdout: p.stdout(), stderr: p.stderr() };
 }
 
-export async function httpGet(url: string): Promise<{ status: number; body: string; type: string }> {
+export async function httpGet(
+  url: string,
+): Promise<{ status: number; body: string; type: string }> {
   const res = await fetch(url);
-  return { status: res.status, body: await res.text(), type: res.headers.get('content-type') ?? '' };
+  return {
+    status: res.status,
+    body: await res.text(),
+    type: res.headers.get('content-type') ?? '',
+  };
 }

@@ -8,7 +8,11 @@ import * as v1 from '../../src/proto/kms-v1beta1.js';
 import * as v2 from '../../src/proto/kms-v2.js';
 import { GRPC_CODE, GrpcStatusError } from '../../src/grpc/status.js';
 import { createJsonLogger } from '../../src/logger.js';
-import { readKeyringFile, rotateKeyring, writeKeyringFile } from '../../src/backends/keyring-file.js';
+import {
+  readKeyringFile,
+  rotateKeyring,
+  writeKeyringFile,
+} from '../../src/backends/keyring-file.js';
 import { stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createKeyringBackend } from '../../src/backends/keyring.js';
@@ -35,7 +39,11 @@ for (const authority of ['localhost', '%2Ftmp%2Fatrest%2Fkms.sock']) {
     const plugin = await startInProcessPlugin(t);
     const c = plugin.client(authority);
     const version = v1.VersionResponse.decode(
-      await c.unary(v1.V1BETA1_METHODS.version, v1.VersionRequest.encode({ version: 'v1beta1' }), T),
+      await c.unary(
+        v1.V1BETA1_METHODS.version,
+        v1.VersionRequest.encode({ version: 'v1beta1' }),
+        T,
+      ),
     );
     assert.deepEqual(
       { ...version },
@@ -43,7 +51,11 @@ for (const authority of ['localhost', '%2Ftmp%2Fatrest%2Fkms.sock']) {
     );
     const dek = randomBytes(32);
     const enc = v1.EncryptResponse.decode(
-      await c.unary(v1.V1BETA1_METHODS.encrypt, v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }), T),
+      await c.unary(
+        v1.V1BETA1_METHODS.encrypt,
+        v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }),
+        T,
+      ),
     );
     assert.ok(enc.cipher.length > 32 && !enc.cipher.includes(dek));
     const dec = v1.DecryptResponse.decode(
@@ -59,7 +71,9 @@ for (const authority of ['localhost', '%2Ftmp%2Fatrest%2Fkms.sock']) {
   test(`v2 Status, Encrypt and Decrypt work with :authority ${authority}`, async (t) => {
     const plugin = await startInProcessPlugin(t);
     const c = plugin.client(authority);
-    const status = v2.StatusResponse.decode(await c.unary(v2.V2_METHODS.status, v2.StatusRequest.encode({}), T));
+    const status = v2.StatusResponse.decode(
+      await c.unary(v2.V2_METHODS.status, v2.StatusRequest.encode({}), T),
+    );
     assert.equal(status.version, 'v2');
     assert.equal(status.healthz, 'ok');
     assert.equal(status.key_id, await plugin.backend.currentKeyID());
@@ -74,7 +88,12 @@ for (const authority of ['localhost', '%2Ftmp%2Fatrest%2Fkms.sock']) {
     const dec = v2.DecryptResponse.decode(
       await c.unary(
         v2.V2_METHODS.decrypt,
-        v2.DecryptRequest.encode({ ciphertext: enc.ciphertext, uid, key_id: enc.key_id, annotations: {} }),
+        v2.DecryptRequest.encode({
+          ciphertext: enc.ciphertext,
+          uid,
+          key_id: enc.key_id,
+          annotations: {},
+        }),
         T,
       ),
     );
@@ -86,8 +105,20 @@ test('distinct Encrypts of the same plaintext give distinct ciphertexts', async 
   const plugin = await startInProcessPlugin(t);
   const c = plugin.client();
   const seed = randomBytes(32);
-  const a = v2.EncryptResponse.decode(await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: seed, uid: 'a' }), T));
-  const b = v2.EncryptResponse.decode(await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: seed, uid: 'b' }), T));
+  const a = v2.EncryptResponse.decode(
+    await c.unary(
+      v2.V2_METHODS.encrypt,
+      v2.EncryptRequest.encode({ plaintext: seed, uid: 'a' }),
+      T,
+    ),
+  );
+  const b = v2.EncryptResponse.decode(
+    await c.unary(
+      v2.V2_METHODS.encrypt,
+      v2.EncryptRequest.encode({ plaintext: seed, uid: 'b' }),
+      T,
+    ),
+  );
   assert.notDeepEqual(a.ciphertext, b.ciphertext);
 });
 
@@ -99,7 +130,11 @@ test('bad requests get INVALID_ARGUMENT with a clear message and the server keep
     code(GRPC_CODE.INVALID_ARGUMENT, /unsupported KMS API version "v2"/),
   );
   await assert.rejects(
-    c.unary(v1.V1BETA1_METHODS.encrypt, v1.EncryptRequest.encode({ version: 'v1', plain: Buffer.from('x') }), T),
+    c.unary(
+      v1.V1BETA1_METHODS.encrypt,
+      v1.EncryptRequest.encode({ version: 'v1', plain: Buffer.from('x') }),
+      T,
+    ),
     code(GRPC_CODE.INVALID_ARGUMENT, /version/),
   );
   await assert.rejects(
@@ -115,7 +150,11 @@ test('bad requests get INVALID_ARGUMENT with a clear message and the server keep
     code(GRPC_CODE.INVALID_ARGUMENT, /empty/),
   );
   await assert.rejects(
-    c.unary(v2.V2_METHODS.decrypt, v2.DecryptRequest.encode({ ciphertext: Buffer.from('ATK'), uid: 'u' }), T),
+    c.unary(
+      v2.V2_METHODS.decrypt,
+      v2.DecryptRequest.encode({ ciphertext: Buffer.from('ATK'), uid: 'u' }),
+      T,
+    ),
     code(GRPC_CODE.INVALID_ARGUMENT, /key_id/),
   );
   // Malformed protobuf: a length-delimited field running past the end.
@@ -124,12 +163,20 @@ test('bad requests get INVALID_ARGUMENT with a clear message and the server keep
     code(GRPC_CODE.INVALID_ARGUMENT),
   );
   await assert.rejects(
-    c.unary(v1.V1BETA1_METHODS.decrypt, v1.DecryptRequest.encode({ version: 'v1beta1', cipher: Buffer.from('not ours') }), T),
+    c.unary(
+      v1.V1BETA1_METHODS.decrypt,
+      v1.DecryptRequest.encode({ version: 'v1beta1', cipher: Buffer.from('not ours') }),
+      T,
+    ),
     code(GRPC_CODE.INVALID_ARGUMENT, /atrest keyring/),
   );
   // A plaintext whose wrap would exceed the 1024 bytes kube-apiserver accepts.
   await assert.rejects(
-    c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: randomBytes(2000), uid: 'u' }), T),
+    c.unary(
+      v2.V2_METHODS.encrypt,
+      v2.EncryptRequest.encode({ plaintext: randomBytes(2000), uid: 'u' }),
+      T,
+    ),
     code(GRPC_CODE.INVALID_ARGUMENT, /1024/),
   );
   const ok = v2.StatusResponse.decode(await c.unary(v2.V2_METHODS.status, Buffer.alloc(0), T));
@@ -148,7 +195,9 @@ test('messages above 64 KiB are refused and the server keeps serving', async (t)
     code(GRPC_CODE.RESOURCE_EXHAUSTED),
   );
   const fits = v1.EncryptRequest.encode({ version: 'v1beta1', plain: randomBytes(60 * 1024) });
-  assert.ok(v1.EncryptResponse.decode(await c.unary(v1.V1BETA1_METHODS.encrypt, fits, T)).cipher.length > 0);
+  assert.ok(
+    v1.EncryptResponse.decode(await c.unary(v1.V1BETA1_METHODS.encrypt, fits, T)).cipher.length > 0,
+  );
 });
 
 test('Decrypt refuses an unknown key (NOT_FOUND), tampering (DATA_LOSS) and a disagreeing key_id', async (t) => {
@@ -156,27 +205,49 @@ test('Decrypt refuses an unknown key (NOT_FOUND), tampering (DATA_LOSS) and a di
   const other = await startInProcessPlugin(t);
   const c = plugin.client();
   const foreign = v2.EncryptResponse.decode(
-    await other.client().unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: randomBytes(32), uid: 'x' }), T),
+    await other
+      .client()
+      .unary(
+        v2.V2_METHODS.encrypt,
+        v2.EncryptRequest.encode({ plaintext: randomBytes(32), uid: 'x' }),
+        T,
+      ),
   );
   await assert.rejects(
     c.unary(
       v2.V2_METHODS.decrypt,
-      v2.DecryptRequest.encode({ ciphertext: foreign.ciphertext, uid: 'x', key_id: foreign.key_id }),
+      v2.DecryptRequest.encode({
+        ciphertext: foreign.ciphertext,
+        uid: 'x',
+        key_id: foreign.key_id,
+      }),
       T,
     ),
     code(GRPC_CODE.NOT_FOUND, /not in the keyring/),
   );
   await assert.rejects(
-    c.unary(v1.V1BETA1_METHODS.decrypt, v1.DecryptRequest.encode({ version: 'v1beta1', cipher: foreign.ciphertext }), T),
+    c.unary(
+      v1.V1BETA1_METHODS.decrypt,
+      v1.DecryptRequest.encode({ version: 'v1beta1', cipher: foreign.ciphertext }),
+      T,
+    ),
     code(GRPC_CODE.NOT_FOUND),
   );
   const mine = v2.EncryptResponse.decode(
-    await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: randomBytes(32), uid: 'y' }), T),
+    await c.unary(
+      v2.V2_METHODS.encrypt,
+      v2.EncryptRequest.encode({ plaintext: randomBytes(32), uid: 'y' }),
+      T,
+    ),
   );
   const tampered = Buffer.from(mine.ciphertext);
   tampered[tampered.length - 1]! ^= 1;
   await assert.rejects(
-    c.unary(v2.V2_METHODS.decrypt, v2.DecryptRequest.encode({ ciphertext: tampered, uid: 'y', key_id: mine.key_id }), T),
+    c.unary(
+      v2.V2_METHODS.decrypt,
+      v2.DecryptRequest.encode({ ciphertext: tampered, uid: 'y', key_id: mine.key_id }),
+      T,
+    ),
     code(GRPC_CODE.DATA_LOSS, /decryption failed/),
   );
   await assert.rejects(
@@ -193,17 +264,25 @@ test('after rotate and reload, Status and Encrypt report the new key id and old 
   const plugin = await startInProcessPlugin(t);
   const c = plugin.client();
   const dek = randomBytes(32);
-  const old = v2.EncryptResponse.decode(await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: dek, uid: 'u' }), T));
+  const old = v2.EncryptResponse.decode(
+    await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: dek, uid: 'u' }), T),
+  );
   const rotated = rotateKeyring(await readKeyringFile(plugin.keyringPath), new Date(), randomBytes);
   await writeKeyringFile(plugin.keyringPath, rotated, { exclusive: false, random: randomBytes });
   await plugin.service.reload();
   const status = v2.StatusResponse.decode(await c.unary(v2.V2_METHODS.status, Buffer.alloc(0), T));
   assert.equal(status.key_id, rotated.active);
   assert.notEqual(status.key_id, old.key_id);
-  const fresh = v2.EncryptResponse.decode(await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: dek, uid: 'u' }), T));
+  const fresh = v2.EncryptResponse.decode(
+    await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: dek, uid: 'u' }), T),
+  );
   assert.equal(fresh.key_id, status.key_id);
   const back = v2.DecryptResponse.decode(
-    await c.unary(v2.V2_METHODS.decrypt, v2.DecryptRequest.encode({ ciphertext: old.ciphertext, uid: 'u', key_id: old.key_id }), T),
+    await c.unary(
+      v2.V2_METHODS.decrypt,
+      v2.DecryptRequest.encode({ ciphertext: old.ciphertext, uid: 'u', key_id: old.key_id }),
+      T,
+    ),
   );
   assert.deepEqual(back.plaintext, dek);
 });
@@ -218,15 +297,25 @@ test('unknown methods get UNIMPLEMENTED', async (t) => {
 
 test('each call is logged as JSON with method, uid, duration and outcome but no secrets', async (t) => {
   const lines: string[] = [];
-  const plugin = await startInProcessPlugin(t, { logger: createJsonLogger((l) => lines.push(l), 'debug') });
+  const plugin = await startInProcessPlugin(t, {
+    logger: createJsonLogger((l) => lines.push(l), 'debug'),
+  });
   const c = plugin.client();
   const seed = randomBytes(32);
   const uid = 'd1c2b3a4-0000-4000-8000-000000000001';
-  const enc = v2.EncryptResponse.decode(await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: seed, uid }), T));
-  await assert.rejects(
-    c.unary(v2.V2_METHODS.decrypt, v2.DecryptRequest.encode({ ciphertext: enc.ciphertext, uid: 'bad', key_id: 'other' }), T),
+  const enc = v2.EncryptResponse.decode(
+    await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: seed, uid }), T),
   );
-  const calls = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['msg'] === 'kms call');
+  await assert.rejects(
+    c.unary(
+      v2.V2_METHODS.decrypt,
+      v2.DecryptRequest.encode({ ciphertext: enc.ciphertext, uid: 'bad', key_id: 'other' }),
+      T,
+    ),
+  );
+  const calls = lines
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .filter((l) => l['msg'] === 'kms call');
   const encLine = calls.find((l) => l['method'] === v2.V2_METHODS.encrypt)!;
   assert.equal(encLine['uid'], uid);
   assert.equal(encLine['outcome'], 'OK');
@@ -248,7 +337,9 @@ test('a reload that fails leaves the plugin serving and healthy with the old key
   const plugin = await startInProcessPlugin(t);
   await writeFile(plugin.keyringPath, 'garbage');
   await assert.rejects(plugin.service.reload());
-  const s = v2.StatusResponse.decode(await plugin.client().unary(v2.V2_METHODS.status, Buffer.alloc(0), T));
+  const s = v2.StatusResponse.decode(
+    await plugin.client().unary(v2.V2_METHODS.status, Buffer.alloc(0), T),
+  );
   assert.equal(s.healthz, 'ok');
 });
 
@@ -274,14 +365,26 @@ test('close stops accepting and removes the socket at once, but lets in-flight c
   };
   const service = createKmsService({ backend: slow, version: 't', logger: silentLogger });
   const socketPath = join(dir, 'kms.sock');
-  const server = await startKmsServer({ endpoint: parseUnixEndpoint(`unix://${socketPath}`), service, logger: silentLogger });
+  const server = await startKmsServer({
+    endpoint: parseUnixEndpoint(`unix://${socketPath}`),
+    service,
+    logger: silentLogger,
+  });
   const c = createGrpcClient({ address: socketPath });
   t.after(() => c.close());
-  const pending = c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: randomBytes(32), uid: 'slow' }), T);
+  const pending = c.unary(
+    v2.V2_METHODS.encrypt,
+    v2.EncryptRequest.encode({ plaintext: randomBytes(32), uid: 'slow' }),
+    T,
+  );
   await inFlight;
   const closing = server.close(5000);
   await new Promise((r) => setTimeout(r, 100));
-  await assert.rejects(stat(socketPath), /ENOENT/, 'the socket is gone while the call is still running');
+  await assert.rejects(
+    stat(socketPath),
+    /ENOENT/,
+    'the socket is gone while the call is still running',
+  );
   release();
   const answer = v2.EncryptResponse.decode(await pending);
   assert.ok(answer.ciphertext.length > 0);

@@ -116,9 +116,15 @@ test('Encrypt never returns annotations kube-apiserver would reject', async (t) 
     assert.match(err.message, /Not-A-Domain/);
     return true;
   });
-  control.rewrite = (w) => ({ ...w, annotations: { 'version.atrest.example.io': Buffer.alloc(33_000) } });
+  control.rewrite = (w) => ({
+    ...w,
+    annotations: { 'version.atrest.example.io': Buffer.alloc(33_000) },
+  });
   await assert.rejects(service.encrypt(randomBytes(32), 'u'), /32768/);
-  control.rewrite = (w) => ({ ...w, annotations: { 'version.atrest.example.io': Buffer.from('1') } });
+  control.rewrite = (w) => ({
+    ...w,
+    annotations: { 'version.atrest.example.io': Buffer.from('1') },
+  });
   const ok = await service.encrypt(randomBytes(32), 'u');
   assert.deepEqual(ok.annotations, { 'version.atrest.example.io': Buffer.from('1') });
   control.rewrite = (w) => ({ ...w, keyID: 'k'.repeat(1025) });
@@ -132,14 +138,25 @@ test('the v1 Version answer names atrest and the package version', async (t) => 
     runtimeName: 'atrest',
     runtimeVersion: '1.2.3',
   });
-  assert.throws(() => service.version(''), (e: unknown) => e instanceof AtrestError && e.code === 'ERR_REQUEST_INVALID');
+  assert.throws(
+    () => service.version(''),
+    (e: unknown) => e instanceof AtrestError && e.code === 'ERR_REQUEST_INVALID',
+  );
 });
 
 test('annotation keys follow kube-apiserver IsFullyQualifiedDomainName', () => {
   for (const ok of ['a.b', 'version.encryption.remote.io', 'x1.example.com.', 'a-b.c-d']) {
     assert.ok(isFullyQualifiedDomainName(ok), ok);
   }
-  for (const bad of ['localhost', 'A.b', 'kms.example.io/audit', '-a.b', 'a..b', '', `${'a'.repeat(64)}.b`]) {
+  for (const bad of [
+    'localhost',
+    'A.b',
+    'kms.example.io/audit',
+    '-a.b',
+    'a..b',
+    '',
+    `${'a'.repeat(64)}.b`,
+  ]) {
     assert.ok(!isFullyQualifiedDomainName(bad), bad);
   }
   assert.deepEqual(validateAnnotations({ 'a.b': Buffer.alloc(32_765) }), []);
@@ -153,7 +170,10 @@ test("a remote backend's own health report makes healthz fail even after a passi
   const backend: KeyBackend = {
     ...inner,
     name: 'remote',
-    health: () => (ok ? { ok, message: 'ok' } : { ok, kind: 'throttled', message: 'rate limited by the key manager' }),
+    health: () =>
+      ok
+        ? { ok, message: 'ok' }
+        : { ok, kind: 'throttled', message: 'rate limited by the key manager' },
   };
   const service = createKmsService({ backend, version: 't', logger: silentLogger });
   await service.selfTest();

@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readFile, stat, unlink, writeFile, readdir } from 'node:fs/promises';
+import { chmod, mkdir, readFile, stat, unlink, writeFile, readdir } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -93,7 +93,10 @@ test('groups resolve by name from the group file or by number', async (t) => {
   await writeFile(file, 'root:x:0:\nkube:x:1234:apiserver\n');
   assert.equal(await resolveGroup('kube', file), 1234);
   assert.equal(await resolveGroup('42', file), 42);
-  await assert.rejects(resolveGroup('nobody-here', file), hasCode('ERR_CONFIG_INVALID', /unknown group/));
+  await assert.rejects(
+    resolveGroup('nobody-here', file),
+    hasCode('ERR_CONFIG_INVALID', /unknown group/),
+  );
 });
 
 test('a stale socket nobody answers on is removed', async (t) => {
@@ -132,14 +135,20 @@ test('a path that is not a socket is refused and left alone', async (t) => {
   );
   const sub = join(dir, 'adir');
   await mkdir(sub);
-  await assert.rejects(prepareSocketPath(parseUnixEndpoint(`unix://${sub}`)), hasCode('ERR_SOCKET_NOT_A_SOCKET'));
+  await assert.rejects(
+    prepareSocketPath(parseUnixEndpoint(`unix://${sub}`)),
+    hasCode('ERR_SOCKET_NOT_A_SOCKET'),
+  );
   assert.equal((await stat(file)).size, 8);
 });
 
 test('a socket path longer than the kernel limit is refused clearly', async (t) => {
   const dir = await tempDir(t);
   const path = join(dir, 'x'.repeat(120), 'kms.sock');
-  await assert.rejects(prepareSocketPath(parseUnixEndpoint(`unix://${path}`)), hasCode('ERR_SOCKET_ENDPOINT', /107 bytes/));
+  await assert.rejects(
+    prepareSocketPath(parseUnixEndpoint(`unix://${path}`)),
+    hasCode('ERR_SOCKET_ENDPOINT', /107 bytes/),
+  );
 });
 
 test('unix:///@name listens on a Linux abstract socket and creates no file', async (t) => {
@@ -152,7 +161,10 @@ test('unix:///@name listens on a Linux abstract socket and creates no file', asy
   t.after(() => l.close());
   assert.equal(await connects('\0' + name), true);
   assert.deepEqual(await readdir(process.cwd()), before);
-  await assert.rejects(listenUnix(ep, {}, (s) => s.destroy()), hasCode('ERR_SOCKET_IN_USE', /another plugin/));
+  await assert.rejects(
+    listenUnix(ep, {}, (s) => s.destroy()),
+    hasCode('ERR_SOCKET_IN_USE', /another plugin/),
+  );
 });
 
 test('closing the listener removes the socket file', async (t) => {
@@ -191,5 +203,22 @@ test('a socket replaced by a regular file is reported and the file left alone', 
   await assert.rejects(l.restore(), hasCode('ERR_SOCKET_NOT_A_SOCKET'));
   assert.equal((await stat(path)).size, 12);
   await l.close();
-  assert.equal(await readFile(path, 'utf8'), 'someone else', 'closing never deletes a file that is not ours');
+  assert.equal(
+    await readFile(path, 'utf8'),
+    'someone else',
+    'closing never deletes a file that is not ours',
+  );
+});
+
+test('a socket directory writable by others is refused unless it has the sticky bit like /tmp', async (t) => {
+  const dir = await tempDir(t);
+  const open = join(dir, 'open');
+  await mkdir(open);
+  await chmod(open, 0o777);
+  await assert.rejects(
+    prepareSocketPath(parseUnixEndpoint(`unix://${open}/kms.sock`)),
+    hasCode('ERR_SOCKET_ENDPOINT', /writable by group or others/),
+  );
+  await chmod(open, 0o1777);
+  await prepareSocketPath(parseUnixEndpoint(`unix://${open}/kms.sock`));
 });

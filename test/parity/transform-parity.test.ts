@@ -15,6 +15,8 @@ import { fileURLToPath } from 'node:url';
 import { buildTransformers, parseEncryptionConfiguration, type BuiltTransformers } from '../../src/config/index.js';
 import { createKmsV1Client, createKmsV2Client } from '../../src/kms-client/index.js';
 import { describeStoredValue } from '../../src/transformers/describe.js';
+import { createKmsV1Transformer } from '../../src/transformers/kms-v1.js';
+import { createPrefixTransformers } from '../../src/transformers/prefix.js';
 import { startOracle, type Oracle } from './oracle.js';
 
 const key = (fill: number, n = 32): string => Buffer.alloc(n, fill).toString('base64');
@@ -165,6 +167,68 @@ describe('storage transformers are byte-compatible with kube-apiserver (k8s.io/a
   });
 });
 
+describe('resource resolution matches kube-apiserver (exact, then *.<group>, then *.*)', () => {
+  let dir: string;
+  let oracle: Oracle;
+  const text = `apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [secrets, deployments.apps]
+    providers: [{aescbc: {keys: [{name: exact, secret: "${key(1)}"}]}}]
+  - resources: [secrets]
+    providers: [{identity: {}}]
+  - resources: ['*.']
+    providers: [{aesgcm: {keys: [{name: core, secret: "${key(2)}"}]}}]
+  - resources: ['*.apps']
+    providers: [{secretbox: {keys: [{name: apps, secret: "${key(3)}"}]}}]
+  - resources: ['*.*']
+    providers: [{aesgcm: {keys: [{name: any, secret: "${key(4)}"}]}}]
+`;
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'atrest-resolve-parity-'));
+    writeFileSync(join(dir, 'enc.yaml'), text);
+    oracle = startOracle();
+    const r = await oracle.load(join(dir, 'enc.yaml'), { keep: true });
+    assert.ok(r.ok, r.error);
+  });
+  after(async () => {
+    await oracle?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('writes every resource with the provider and key kube-apiserver picks', async () => {
+    const ours = buildTransformers(parseEncryptionConfiguration(text, 'enc.yaml'));
+    const grs = [
+      { group: '', resource: 'secrets' },
+      { group: '', resource: 'configmaps' },
+      { group: 'apps', resource: 'deployments' },
+      { group: 'apps', resource: 'statefulsets' },
+      { group: 'batch', resource: 'jobs' },
+      { group: 'awesome.bears.example', resource: 'pandas' },
+    ];
+    const seen = new Set<string>();
+    for (const gr of grs) {
+      const stored = await oracle.toStorage(gr, '/registry/x/y', Buffer.from('v'));
+      const w = ours.writeProviderFor(gr);
+      assert.ok(stored.subarray(0, w.prefix.length).equals(w.prefix), `${gr.resource}.${gr.group}: ${w.label}`);
+      assert.equal(w.wrote(stored), true);
+      seen.add(w.label);
+      const mine = await ours.transformerFor(gr).transformToStorage(Buffer.from('v'), ctx('/registry/x/y'));
+      assert.equal((await oracle.fromStorage(gr, '/registry/x/y', mine)).data.toString(), 'v');
+    }
+    assert.deepEqual([...seen].sort(), ['aescbc/exact', 'aesgcm/any', 'aesgcm/core', 'secretbox/apps']);
+  });
+
+  it('reads an exact resource through the providers of every entry listing it, in order', async () => {
+    const ours = buildTransformers(parseEncryptionConfiguration(text, 'enc.yaml'));
+    const gr = { group: '', resource: 'secrets' };
+    const theirs = await oracle.fromStorage(gr, '/k', Buffer.from('{"plain":true}'));
+    const mine = await ours.transformerFor(gr).transformFromStorage(Buffer.from('{"plain":true}'), ctx('/k'));
+    assert.equal(theirs.stale, true);
+    assert.deepEqual({ data: mine.data, stale: mine.stale }, theirs);
+  });
+});
+
 const MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 
 const KMS_CASES = [
@@ -284,5 +348,22 @@ resources:
     const stored = await oracle!.toStorage(gr, '/registry/secrets/a/one', Buffer.from('v'));
     await assert.rejects(ours!.transformerFor(gr).transformFromStorage(stored, ctx('/registry/secrets/a/two')));
     await assert.rejects(oracle!.fromStorage(gr, '/registry/secrets/a/two', stored));
+  });
+
+  it('both read a kms v1 value in the 1.10–1.24 CBC layout and call it stale', async () => {
+    const c = KMS_CASES[1];
+    const client = createKmsV1Client({ endpoint: `unix://${join(dir, 'kms.sock')}`, timeoutMs: 10_000 });
+    try {
+      const legacy = createKmsV1Transformer({ name: 'atrest-v1', service: client, cacheSize: 10, legacyCbcWrites: true });
+      const plain = randomBytes(300);
+      const stored = await createPrefixTransformers([legacy]).transformToStorage(plain, ctx(c.etcdKey));
+      const theirs = await oracle!.fromStorage(c.gr, c.etcdKey, stored);
+      const mine = await ours!.transformerFor(c.gr).transformFromStorage(stored, ctx(c.etcdKey));
+      assert.ok(theirs.data.equals(plain) && mine.data.equals(plain));
+      assert.equal(theirs.stale, true);
+      assert.equal(mine.stale, true);
+    } finally {
+      await client.close();
+    }
   });
 });

@@ -182,6 +182,15 @@ for (const c of CASES) {
         const back = await transformer.transformFromStorage(stored, ctx());
         assert.deepEqual(back.data, value, `size ${size}`);
         assert.equal(back.stale, false);
+        // Plain Uint8Arrays (an etcd client's bytes, a view into a larger buffer) read the same.
+        const framed = new Uint8Array(stored.length + 7);
+        framed.set(stored, 3);
+        const view = framed.subarray(3, 3 + stored.length);
+        assert.deepEqual((await transformer.transformFromStorage(view, ctx())).data, value);
+        assert.deepEqual(
+          await transformer.transformToStorage(new Uint8Array(value), ctx()).then((b) => b.length),
+          stored.length,
+        );
       }
     });
 

@@ -500,3 +500,35 @@ test('concurrent reads of values sharing an uncached seed make one Decrypt call;
   assert.ok(results.every((r) => r.data.equals(VALUE)));
   assert.equal(writer.kms.calls.decrypt - before, 1);
 });
+
+test('annotation keys must be lowercase FQDNs as apimachinery defines them', async () => {
+  const { isFullyQualifiedDomainName } =
+    await import('../../src/transformers/kms-v2-validation.js');
+  const label63 = 'a'.repeat(63);
+  for (const ok of [
+    'a.b',
+    'kms.example.io',
+    'kms.example.io.',
+    'x-1.y-2.z',
+    `${label63}.io`,
+    `${[label63, label63, label63].join('.')}.${'b'.repeat(61)}`, // 253
+  ]) {
+    assert.equal(isFullyQualifiedDomainName(ok), true, ok);
+  }
+  for (const bad of [
+    '',
+    '.',
+    'example',
+    'example.',
+    'Kms.example.io',
+    'kms_example.io',
+    '-kms.example.io',
+    'kms-.example.io',
+    'kms..io',
+    'kms.example.io/audit',
+    `${'a'.repeat(64)}.io`,
+    `${[label63, label63, label63].join('.')}.${'b'.repeat(62)}`, // 254
+  ]) {
+    assert.equal(isFullyQualifiedDomainName(bad), false, bad);
+  }
+});

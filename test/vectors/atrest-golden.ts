@@ -1,7 +1,8 @@
 // Golden vectors written by atrest itself, once, on 2026-11-28 (Node 20.20.2), from the fixed inputs in
 // golden-setup.ts. Provenance: each one was decrypted independently with Go 1.26.8 (crypto/aes,
-// crypto/cipher, crypto/hmac and golang.org/x/crypto v0.46.0 nacl/secretbox — the packages kube-apiserver
-// uses) by test/vectors/crosscheck/main.go, and gave `pandas are the best`.
+// crypto/cipher, crypto/hmac and golang.org/x/crypto nacl/secretbox — the packages kube-apiserver uses) by
+// test/vectors/crosscheck/main.go, and gave `pandas are the best`; crosscheck.test.ts repeats that on
+// every run.
 //
 // IMPORTANT: changing this makes stored data unreadable. These bytes are what atrest wrote; if a test over
 // them fails, the code changed the storage format, not the vector. Never regenerate them to make a test

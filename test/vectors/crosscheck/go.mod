@@ -1,7 +1,7 @@
-module goldencheck
+module atrest/crosscheck
 
-go 1.24.0
+go 1.18
 
-require golang.org/x/crypto v0.46.0
+require golang.org/x/crypto v0.21.0
 
-require golang.org/x/sys v0.39.0 // indirect
+require golang.org/x/sys v0.18.0 // indirect
