@@ -43,7 +43,11 @@ interface CountRow {
   readonly detail: string;
 }
 
-async function countRemoteCalls(endpoint: string, keyId: string, tier: boolean): Promise<CountRow[]> {
+async function countRemoteCalls(
+  endpoint: string,
+  keyId: string,
+  tier: boolean,
+): Promise<CountRow[]> {
   const open = (): RemoteKeyBackend =>
     createRemoteBackend(createAwsKmsService({ keyId, endpoint }), {
       localKEK: tier ? {} : false,
@@ -94,7 +98,11 @@ interface LatencyRow {
   readonly p99ms: number;
 }
 
-async function drive(c: GrpcClient, concurrency: number, seconds: number): Promise<Omit<LatencyRow, 'name'>> {
+async function drive(
+  c: GrpcClient,
+  concurrency: number,
+  seconds: number,
+): Promise<Omit<LatencyRow, 'name'>> {
   const seed = randomBytes(32);
   const uid = '6f1e0a4c-8d2b-4c3e-9f5a-7b6c5d4e3f2a';
   const latencies: number[] = [];
@@ -107,33 +115,62 @@ async function drive(c: GrpcClient, concurrency: number, seconds: number): Promi
     const t1 = performance.now();
     await c.unary(
       v2.V2_METHODS.decrypt,
-      v2.DecryptRequest.encode({ ciphertext: enc.ciphertext, uid, key_id: enc.key_id, annotations: enc.annotations }),
+      v2.DecryptRequest.encode({
+        ciphertext: enc.ciphertext,
+        uid,
+        key_id: enc.key_id,
+        annotations: enc.annotations,
+      }),
       T,
     );
     latencies.push(t1 - t0, performance.now() - t1);
     rpcs += 2;
   };
   const warmUntil = performance.now() + 500;
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (performance.now() < warmUntil) await rpc();
-  }));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < warmUntil) await rpc();
+    }),
+  );
   latencies.length = 0;
   rpcs = 0;
   const started = performance.now();
   const until = started + seconds * 1000;
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (performance.now() < until) await rpc();
-  }));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < until) await rpc();
+    }),
+  );
   const elapsed = (performance.now() - started) / 1000;
   latencies.sort((a, b) => a - b);
-  return { concurrency, rpcs, rpcPerSec: rpcs / elapsed, p50ms: percentile(latencies, 50), p99ms: percentile(latencies, 99) };
+  return {
+    concurrency,
+    rpcs,
+    rpcPerSec: rpcs / elapsed,
+    p50ms: percentile(latencies, 50),
+    p99ms: percentile(latencies, 99),
+  };
 }
 
-async function servePlugin(dir: string, name: string, args: readonly string[]): Promise<{ client: GrpcClient; stop: () => Promise<void> }> {
+async function servePlugin(
+  dir: string,
+  name: string,
+  args: readonly string[],
+): Promise<{ client: GrpcClient; stop: () => Promise<void> }> {
   const socket = join(dir, `${name}.sock`);
   const server = spawn(
     process.execPath,
-    [CLI, 'serve', '--listen', `unix://${socket}`, '--health-listen', 'off', '--log-level', 'warn', ...args],
+    [
+      CLI,
+      'serve',
+      '--listen',
+      `unix://${socket}`,
+      '--health-listen',
+      'off',
+      '--log-level',
+      'warn',
+      ...args,
+    ],
     { stdio: ['ignore', 'ignore', 'pipe'], env: process.env },
   );
   let stderr = '';
@@ -142,7 +179,9 @@ async function servePlugin(dir: string, name: string, args: readonly string[]): 
   const deadline = Date.now() + 30_000;
   for (;;) {
     try {
-      const s = v2.StatusResponse.decode(await client.unary(v2.V2_METHODS.status, v2.StatusRequest.encode({}), T));
+      const s = v2.StatusResponse.decode(
+        await client.unary(v2.V2_METHODS.status, v2.StatusRequest.encode({}), T),
+      );
       if (s.healthz === 'ok') break;
     } catch {
       // not up yet
@@ -166,7 +205,9 @@ async function servePlugin(dir: string, name: string, args: readonly string[]): 
 function motoVersion(): string {
   try {
     const python = join(realpathSync(findTool('moto_server', '30-moto.sh')), '..', 'python');
-    const v = execFileSync(python, ['-c', 'import moto; print(moto.__version__)'], { encoding: 'utf8' }).trim();
+    const v = execFileSync(python, ['-c', 'import moto; print(moto.__version__)'], {
+      encoding: 'utf8',
+    }).trim();
     return `moto ${v}`;
   } catch {
     return 'moto (version unknown)';
@@ -177,33 +218,53 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'atrest-bench-backends-'));
   const port = await freePort();
   const endpoint = `http://127.0.0.1:${port}`;
-  const moto = await startServer(findTool('moto_server', '30-moto.sh'), ['-H', '127.0.0.1', '-p', String(port)], () =>
-    answersHttp(`${endpoint}/moto-api/`),
+  const moto = await startServer(
+    findTool('moto_server', '30-moto.sh'),
+    ['-H', '127.0.0.1', '-p', String(port)],
+    () => answersHttp(`${endpoint}/moto-api/`),
   );
   const admin = new KMSClient({ endpoint, region: 'us-east-1' });
   const counts: CountRow[] = [];
   const latency: LatencyRow[] = [];
   try {
-    const keyArn = (await admin.send(new CreateKeyCommand({ Description: 'atrest bench' }))).KeyMetadata!.Arn!;
+    const keyArn = (await admin.send(new CreateKeyCommand({ Description: 'atrest bench' })))
+      .KeyMetadata!.Arn!;
     counts.push(...(await countRemoteCalls(endpoint, keyArn, true)));
     counts.push(...(await countRemoteCalls(endpoint, keyArn, false)));
 
     const keyring = join(dir, 'keyring.json');
-    await writeKeyringFile(keyring, createKeyring({ now: new Date(), random: randomBytes }), { exclusive: true, random: randomBytes });
+    await writeKeyringFile(keyring, createKeyring({ now: new Date(), random: randomBytes }), {
+      exclusive: true,
+      random: randomBytes,
+    });
     const config = (tier: boolean): string =>
-      ['aws-kms:', `  keyId: ${keyArn}`, `  endpoint: ${endpoint}`, '  region: us-east-1', `  localKEK: ${tier}`, ''].join('\n');
+      [
+        'aws-kms:',
+        `  keyId: ${keyArn}`,
+        `  endpoint: ${endpoint}`,
+        '  region: us-east-1',
+        `  localKEK: ${tier}`,
+        '',
+      ].join('\n');
     await mkdir(dir, { recursive: true });
     await writeFile(join(dir, 'tier.yaml'), config(true));
     await writeFile(join(dir, 'direct.yaml'), config(false));
     const setups: [string, string[]][] = [
       ['keyring (reference)', ['--keyring', keyring]],
-      ['aws-kms, local KEK tier', ['--backend', 'aws-kms', '--backend-config', join(dir, 'tier.yaml')]],
-      ['aws-kms, no tier (every RPC calls moto)', ['--backend', 'aws-kms', '--backend-config', join(dir, 'direct.yaml')]],
+      [
+        'aws-kms, local KEK tier',
+        ['--backend', 'aws-kms', '--backend-config', join(dir, 'tier.yaml')],
+      ],
+      [
+        'aws-kms, no tier (every RPC calls moto)',
+        ['--backend', 'aws-kms', '--backend-config', join(dir, 'direct.yaml')],
+      ],
     ];
     for (const [name, args] of setups) {
       const plugin = await servePlugin(dir, name.split(' ')[0]! + latency.length, args);
       try {
-        for (const concurrency of [1, 64]) latency.push({ name, ...(await drive(plugin.client, concurrency, SECONDS)) });
+        for (const concurrency of [1, 64])
+          latency.push({ name, ...(await drive(plugin.client, concurrency, SECONDS)) });
       } finally {
         await plugin.stop();
       }
@@ -235,7 +296,10 @@ async function main(): Promise<void> {
     '',
     '| backend | concurrency | RPCs | RPC/s | p50 ms | p99 ms |',
     '|---|---:|---:|---:|---:|---:|',
-    ...latency.map((r) => `| ${r.name} | ${r.concurrency} | ${r.rpcs} | ${f(r.rpcPerSec, 0)} | ${f(r.p50ms, 3)} | ${f(r.p99ms, 3)} |`),
+    ...latency.map(
+      (r) =>
+        `| ${r.name} | ${r.concurrency} | ${r.rpcs} | ${f(r.rpcPerSec, 0)} | ${f(r.p50ms, 3)} | ${f(r.p99ms, 3)} |`,
+    ),
     '',
     'moto runs on the same machine, so the no-tier rows measure a local HTTP round trip to a Python',
     'server, not AWS latency; against real AWS KMS each such call adds a network round trip.',

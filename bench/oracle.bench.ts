@@ -7,7 +7,7 @@
 //   npm run bench -- oracle                 (ATREST_BENCH_MS=<ms per measurement>, default 1000)
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -75,6 +75,38 @@ async function measureAtrest(t: Transformer, c: Case, size: number, direction: (
   let now = start;
   while (now < start + durationMs) {
     for (let i = 0; i < 16; i++) await fn();
+    n += 16;
+    now = performance.now();
+  }
+  return (n * 1000) / (now - start);
+}
+
+/** The floor for aesgcm in Node: bare node:crypto AES-256-GCM seal/open, no transformer around it. */
+async function measureBareGcm(size: number, direction: (typeof DIRECTIONS)[number]): Promise<number> {
+  const key = randomBytes(32);
+  const aad = Buffer.from('/registry/configmaps/default/c');
+  const plain = randomBytes(size);
+  const seal = (): Buffer => {
+    const nonce = randomBytes(12);
+    const c = createCipheriv('aes-256-gcm', key, nonce);
+    c.setAAD(aad);
+    return Buffer.concat([nonce, c.update(plain), c.final(), c.getAuthTag()]);
+  };
+  const sealed = seal();
+  const open = (): Buffer => {
+    const d = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, 12));
+    d.setAAD(aad);
+    d.setAuthTag(sealed.subarray(sealed.length - 16));
+    return Buffer.concat([d.update(sealed.subarray(12, sealed.length - 16)), d.final()]);
+  };
+  const fn = direction === 'toStorage' ? seal : open;
+  const warmUntil = performance.now() + Math.min(200, durationMs / 5);
+  while (performance.now() < warmUntil) fn();
+  let n = 0;
+  const start = performance.now();
+  let now = start;
+  while (now < start + durationMs) {
+    for (let i = 0; i < 16; i++) fn();
     n += 16;
     now = performance.now();
   }
@@ -187,10 +219,11 @@ async function main(): Promise<void> {
           const go = await measureGo(oracle, c, size, direction);
           const ts = await measureAtrest(ours.transformerFor(c.gr), c, size, direction);
           const ratio = go / ts;
+          const bare = c.provider === 'aesgcm' ? await measureBareGcm(size, direction) : undefined;
           rows.push(
-            `| ${c.provider} | ${size / 1024} KiB | ${direction} | ${Math.round(go)} | ${Math.round(ts)} | ${ratio.toFixed(2)}× |`,
+            `| ${c.provider} | ${size / 1024} KiB | ${direction} | ${Math.round(go)} | ${Math.round(ts)} | ${ratio.toFixed(2)}× | ${bare === undefined ? '–' : Math.round(bare)} |`,
           );
-          json.push({ bench: 'oracle', provider: c.provider, size, direction, goPerSec: go, atrestPerSec: ts, ratio });
+          json.push({ bench: 'oracle', provider: c.provider, size, direction, goPerSec: go, atrestPerSec: ts, ratio, bareNodeGcmPerSec: bare });
           console.log(JSON.stringify(json[json.length - 1]));
         }
       }
@@ -205,13 +238,15 @@ async function main(): Promise<void> {
       "atrest's `buildTransformers`. Each side runs its loop in-process, one value at a time, for about",
       `${durationMs} ms per cell. kms providers use the same running \`atrest serve\` (keyring backend) on both sides.`,
       '"ratio" = Go values/s ÷ atrest values/s (1.00× = as fast as Go; above 1 = atrest is slower).',
+      '"bare node:crypto" = AES-256-GCM seal/open with node:crypto and nothing around it (same size, same AAD',
+      'length), measured in the same run: the most any Node aesgcm transformer can reach here.',
       '',
       `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, ${goVersion}; ` +
         `1-minute load average ${loadBefore.toFixed(1)} before and ${loadavg()[0]!.toFixed(1)} after the run ` +
         '(Go and atrest alternate cell by cell, so both see the same load).',
       '',
-      '| provider | value | direction | Go values/s | atrest values/s | ratio |',
-      '|---|---|---|---|---|---|',
+      '| provider | value | direction | Go values/s | atrest values/s | ratio | bare node:crypto values/s |',
+      '|---|---|---|---|---|---|---|',
       ...rows,
       ...(notes.length ? ['', ...notes.map((n) => `Note: ${n}`)] : []),
       '',

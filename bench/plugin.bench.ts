@@ -9,7 +9,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
@@ -234,7 +234,7 @@ async function main(): Promise<void> {
     '## plugin: KMS Encrypt+Decrypt over the UNIX socket',
     '',
     `Command: \`npm run bench -- plugin\` (node dist/bench/plugin.bench.js, ${SECONDS} s per row after 3 s of warm-up on all paths and 0.5 s per row).`,
-    `Machine: ${cpus().length} × ${cpu}, Node ${process.version}; run at ${new Date().toISOString()}.`,
+    `Machine: ${cpus().length} × ${cpu}, Node ${process.version}; run at ${new Date().toISOString()}, load average ${loadavg()[0]!.toFixed(1)} (shared machine: noisy).`,
     '',
     'One client, one HTTP/2 connection (as kube-apiserver dials its plugin); each Encrypt+Decrypt pair',
     "counts as 2 RPCs and each RPC gets half the pair's latency. The server is `atrest serve --backend",

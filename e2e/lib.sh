@@ -200,7 +200,8 @@ start_apiserver() {
   APISERVER_PORT="${APISERVER_PORT:-$(free_port)}"
   echo "--- start $(date -u +%T) config=${config:-none}" >>"$W/apiserver.log"
   "$KUBE_APISERVER" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+    --secure-port="$APISERVER_PORT" \
     --tls-cert-file="$W/pki/apiserver.crt" --tls-private-key-file="$W/pki/apiserver.key" \
     --token-auth-file="$W/pki/tokens.csv" --authorization-mode=RBAC --anonymous-auth=false \
     --service-account-issuer=https://kubernetes.default.svc \

@@ -79,7 +79,12 @@ const NETWORK_CODES = new Set([
 
 /** Sorts an AWS SDK error into one of the five kinds. */
 export function classifyAwsError(err: unknown): BackendErrorKind {
-  const e = err as { name?: string; code?: string; $metadata?: { httpStatusCode?: number }; cause?: unknown };
+  const e = err as {
+    name?: string;
+    code?: string;
+    $metadata?: { httpStatusCode?: number };
+    cause?: unknown;
+  };
   const name = e?.name ?? '';
   if (CORRUPTION.has(name)) return 'corruption';
   if (THROTTLED.has(name)) return 'throttled';
@@ -95,7 +100,8 @@ export function classifyAwsError(err: unknown): BackendErrorKind {
 }
 
 const HINT: Record<BackendErrorKind, string> = {
-  'user-induced': 'check the key (enabled, not scheduled for deletion), its key policy and the credentials',
+  'user-induced':
+    'check the key (enabled, not scheduled for deletion), its key policy and the credentials',
   throttled: 'AWS KMS is throttling requests; raise the quota or enable the local KEK tier',
   unavailable: 'AWS KMS could not be reached',
   corruption: 'AWS KMS rejected the ciphertext',
@@ -105,7 +111,9 @@ const HINT: Record<BackendErrorKind, string> = {
 function toBackendError(op: string, err: unknown): BackendError {
   const kind = classifyAwsError(err);
   const name = (err as { name?: string })?.name ?? 'Error';
-  return new BackendError(AWS_KMS_BACKEND, kind, `${op} failed (${name}): ${HINT[kind]}`, { cause: err });
+  return new BackendError(AWS_KMS_BACKEND, kind, `${op} failed (${name}): ${HINT[kind]}`, {
+    cause: err,
+  });
 }
 
 function arnOf(keyID: string): string {
@@ -139,7 +147,9 @@ export function createAwsKmsService(config: AwsKmsConfig, deps: AwsKmsDeps = {})
     async resolveKeyID(signal) {
       let out;
       try {
-        out = await client.send(new DescribeKeyCommand({ KeyId: config.keyId }), { abortSignal: signal });
+        out = await client.send(new DescribeKeyCommand({ KeyId: config.keyId }), {
+          abortSignal: signal,
+        });
       } catch (err) {
         throw toBackendError('DescribeKey', err);
       }
@@ -178,7 +188,11 @@ export function createAwsKmsService(config: AwsKmsConfig, deps: AwsKmsDeps = {})
       const arn = arnOf(keyID);
       try {
         const out = await client.send(
-          new DecryptCommand({ KeyId: arn, CiphertextBlob: ciphertext, EncryptionContext: context(aad) }),
+          new DecryptCommand({
+            KeyId: arn,
+            CiphertextBlob: ciphertext,
+            EncryptionContext: context(aad),
+          }),
           { abortSignal: signal },
         );
         if (out.Plaintext === undefined) {

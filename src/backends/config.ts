@@ -117,7 +117,10 @@ class Reader {
   /** `<name>File` or `<name>Env`, exactly one; an inline `<name>` is refused without echoing it. */
   secret(name: string, label: string): SecretRef | undefined {
     if (this.section[name] !== undefined) {
-      this.problem(name, `REDACTED: do not write the ${label} in the configuration; use ${name}File or ${name}Env`);
+      this.problem(
+        name,
+        `REDACTED: do not write the ${label} in the configuration; use ${name}File or ${name}Env`,
+      );
     }
     const file = this.string(`${name}File`);
     const env = this.string(`${name}Env`);
@@ -127,7 +130,8 @@ class Reader {
     }
     if (file !== undefined) return { file };
     if (env !== undefined) return { env };
-    if (this.section[name] === undefined) this.problem(`${name}File`, `${name}File or ${name}Env is required`);
+    if (this.section[name] === undefined)
+      this.problem(`${name}File`, `${name}File or ${name}Env is required`);
     return undefined;
   }
 
@@ -179,8 +183,22 @@ function parsePkcs11(r: Reader): Pkcs11Section | undefined {
   const sessions = r.positiveInt('sessions');
   // An HSM is local to the node: the tier is opt-in there.
   const common = r.common(false);
-  r.unknown(['module', 'tokenLabel', 'keyLabel', 'pin', 'pinFile', 'pinEnv', 'sessions', ...COMMON_FIELDS]);
-  if (module === undefined || tokenLabel === undefined || keyLabel === undefined || pin === undefined) {
+  r.unknown([
+    'module',
+    'tokenLabel',
+    'keyLabel',
+    'pin',
+    'pinFile',
+    'pinEnv',
+    'sessions',
+    ...COMMON_FIELDS,
+  ]);
+  if (
+    module === undefined ||
+    tokenLabel === undefined ||
+    keyLabel === undefined ||
+    pin === undefined
+  ) {
     return undefined;
   }
   return {
@@ -198,7 +216,8 @@ function parseAwsKms(r: Reader, section: Record<string, unknown>): AwsKmsSection
   const keyId = r.string('keyId', true);
   const region = r.string('region');
   const endpoint = r.string('endpoint');
-  if (endpoint !== undefined && !/^https?:\/\//.test(endpoint)) r.problem('endpoint', 'must be an http(s) URL');
+  if (endpoint !== undefined && !/^https?:\/\//.test(endpoint))
+    r.problem('endpoint', 'must be an http(s) URL');
   let encryptionContext: Record<string, string> | undefined;
   const ec = section['encryptionContext'];
   if (ec !== undefined) {
@@ -206,7 +225,8 @@ function parseAwsKms(r: Reader, section: Record<string, unknown>): AwsKmsSection
       r.problem('encryptionContext', 'must be a map of strings to strings');
     } else {
       encryptionContext = ec as Record<string, string>;
-      if ('atrest:aad' in encryptionContext) r.problem('encryptionContext', '"atrest:aad" is reserved');
+      if ('atrest:aad' in encryptionContext)
+        r.problem('encryptionContext', '"atrest:aad" is reserved');
     }
   }
   const common = r.common(true);
@@ -228,15 +248,22 @@ export function parseBackendConfig(text: string, source: string, backend: string
   try {
     doc = parseYaml(text);
   } catch (err) {
-    throw new ConfigInvalidError(source, [{ path: '(document)', message: `not valid YAML: ${(err as Error).message}` }]);
+    throw new ConfigInvalidError(source, [
+      { path: '(document)', message: `not valid YAML: ${(err as Error).message}` },
+    ]);
   }
   if (!isRecord(doc)) {
-    throw new ConfigInvalidError(source, [{ path: '(document)', message: 'must be a map with one section per backend' }]);
+    throw new ConfigInvalidError(source, [
+      { path: '(document)', message: 'must be a map with one section per backend' },
+    ]);
   }
   const problems: ConfigProblem[] = [];
   for (const k of Object.keys(doc)) {
     if (!(REMOTE_BACKENDS as readonly string[]).includes(k)) {
-      problems.push({ path: k, message: `unknown backend section (one of ${REMOTE_BACKENDS.join(', ')})` });
+      problems.push({
+        path: k,
+        message: `unknown backend section (one of ${REMOTE_BACKENDS.join(', ')})`,
+      });
     }
   }
   const section = doc[backend];
@@ -245,7 +272,12 @@ export function parseBackendConfig(text: string, source: string, backend: string
     throw new ConfigInvalidError(source, problems);
   }
   const r = new Reader(section, backend);
-  const parsed = backend === 'pkcs11' ? parsePkcs11(r) : backend === 'aws-kms' ? parseAwsKms(r, section) : undefined;
+  const parsed =
+    backend === 'pkcs11'
+      ? parsePkcs11(r)
+      : backend === 'aws-kms'
+        ? parseAwsKms(r, section)
+        : undefined;
   problems.push(...r.problems);
   if (parsed === undefined || problems.length > 0) throw new ConfigInvalidError(source, problems);
   return parsed;
@@ -254,17 +286,26 @@ export function parseBackendConfig(text: string, source: string, backend: string
 /** Reads a secret; the file or variable is named in errors, the value never. */
 export async function resolveSecret(
   ref: SecretRef,
-  io: { readonly env: Readonly<Record<string, string | undefined>>; readonly readFile: (path: string) => Promise<string> },
+  io: {
+    readonly env: Readonly<Record<string, string | undefined>>;
+    readonly readFile: (path: string) => Promise<string>;
+  },
 ): Promise<string> {
   if ('file' in ref) {
     let text: string;
     try {
       text = await io.readFile(ref.file);
     } catch (err) {
-      throw new ConfigInvalidError('secret', [{ path: ref.file, message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }]);
+      throw new ConfigInvalidError('secret', [
+        {
+          path: ref.file,
+          message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? 'error'}`,
+        },
+      ]);
     }
     const value = text.replace(/\r?\n$/, '');
-    if (value === '') throw new ConfigInvalidError('secret', [{ path: ref.file, message: 'is empty' }]);
+    if (value === '')
+      throw new ConfigInvalidError('secret', [{ path: ref.file, message: 'is empty' }]);
     return value;
   }
   const value = io.env[ref.env];

@@ -13,7 +13,10 @@ export interface CreateBackendDeps {
   readonly logger: Logger;
 }
 
-export function createConfiguredBackend(section: BackendSection, deps: CreateBackendDeps): RemoteKeyBackend {
+export function createConfiguredBackend(
+  section: BackendSection,
+  deps: CreateBackendDeps,
+): RemoteKeyBackend {
   let service: KekService;
   switch (section.backend) {
     case 'pkcs11':
@@ -32,14 +35,18 @@ export function createConfiguredBackend(section: BackendSection, deps: CreateBac
         keyId: section.keyId,
         ...(section.region !== undefined ? { region: section.region } : {}),
         ...(section.endpoint !== undefined ? { endpoint: section.endpoint } : {}),
-        ...(section.encryptionContext !== undefined ? { encryptionContext: section.encryptionContext } : {}),
+        ...(section.encryptionContext !== undefined
+          ? { encryptionContext: section.encryptionContext }
+          : {}),
       });
       break;
   }
   return createRemoteBackend(service, {
     localKEK: section.localKEK,
     logger: deps.logger,
-    ...(section.refreshIntervalMs !== undefined ? { refreshIntervalMs: section.refreshIntervalMs } : {}),
+    ...(section.refreshIntervalMs !== undefined
+      ? { refreshIntervalMs: section.refreshIntervalMs }
+      : {}),
     ...(section.callTimeoutMs !== undefined ? { callTimeoutMs: section.callTimeoutMs } : {}),
   });
 }

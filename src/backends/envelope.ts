@@ -43,7 +43,12 @@ export const LOCAL_KEK_ANNOTATION = 'local-kek.atrest.io';
 export type EnvelopeMode = 'direct' | 'local-kek' | 'local-kek-ref';
 
 export type Envelope =
-  | { readonly mode: 'direct'; readonly keyID: string; readonly header: Buffer; readonly remote: Buffer }
+  | {
+      readonly mode: 'direct';
+      readonly keyID: string;
+      readonly header: Buffer;
+      readonly remote: Buffer;
+    }
   | {
       readonly mode: 'local-kek' | 'local-kek-ref';
       readonly keyID: string;
@@ -113,7 +118,10 @@ export function encodeLocal(parts: LocalSealParts, inline: boolean): Buffer {
     throw new RangeError('wrapped KEK must be 1..65535 bytes');
   }
   const kekPart = inline
-    ? Buffer.concat([Buffer.from([parts.wrappedKEK.length >> 8, parts.wrappedKEK.length & 0xff]), parts.wrappedKEK])
+    ? Buffer.concat([
+        Buffer.from([parts.wrappedKEK.length >> 8, parts.wrappedKEK.length & 0xff]),
+        parts.wrappedKEK,
+      ])
     : kekDigest(parts.wrappedKEK);
   return Buffer.concat([
     envelopeHeader(inline ? 'local-kek' : 'local-kek-ref', parts.keyID),
@@ -151,14 +159,17 @@ export function parseEnvelope(data: Uint8Array): Envelope {
   }
   const modeByte = buf[4]!;
   const idLen = buf[5]!;
-  if (idLen === 0) throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'ciphertext has an empty key id');
+  if (idLen === 0)
+    throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'ciphertext has an empty key id');
   const headerEnd = 6 + idLen;
   if (buf.length < headerEnd) throw truncated('key id');
   let keyID: string;
   try {
     keyID = new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(6, headerEnd));
   } catch (err) {
-    throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'ciphertext key id is not UTF-8', { cause: err });
+    throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'ciphertext key id is not UTF-8', {
+      cause: err,
+    });
   }
   const header = buf.subarray(0, headerEnd);
   if (modeByte === ENVELOPE_MODE_DIRECT) {
@@ -172,7 +183,8 @@ export function parseEnvelope(data: Uint8Array): Envelope {
     if (buf.length < offset + 2) throw truncated('wrapped KEK length');
     const kekLen = buf.readUInt16BE(offset);
     offset += 2;
-    if (kekLen === 0) throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'ciphertext has an empty wrapped KEK');
+    if (kekLen === 0)
+      throw new FormatInvalidError('ERR_FORMAT_MALFORMED', 'ciphertext has an empty wrapped KEK');
     if (buf.length < offset + kekLen) throw truncated('wrapped KEK');
     wrappedKEK = buf.subarray(offset, offset + kekLen);
     digest = kekDigest(wrappedKEK);

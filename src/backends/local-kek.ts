@@ -85,7 +85,8 @@ export function createLocalKekTier(options: LocalKekOptions, deps: LocalKekDeps)
   const cache = new Map<string, Buffer>();
   const opening = new Map<string, Promise<Buffer>>();
 
-  const cacheKey = (keyID: string, digest: Buffer): string => `${keyID}\u0000${digest.toString('hex')}`;
+  const cacheKey = (keyID: string, digest: Buffer): string =>
+    `${keyID}\u0000${digest.toString('hex')}`;
 
   function remember(key: string, kek: Buffer): void {
     cache.delete(key);

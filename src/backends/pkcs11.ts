@@ -102,9 +102,14 @@ function codeName(code: number | undefined): string {
 function toBackendError(op: string, err: unknown): BackendError {
   if (err instanceof BackendError) return err;
   const code = pkcs11Code(err);
-  return new BackendError(PKCS11_BACKEND, classifyPkcs11Error(err), `${op} failed (${codeName(code)})`, {
-    cause: err,
-  });
+  return new BackendError(
+    PKCS11_BACKEND,
+    classifyPkcs11Error(err),
+    `${op} failed (${codeName(code)})`,
+    {
+      cause: err,
+    },
+  );
 }
 
 function parseKeyID(keyID: string): { label: string; id: Buffer } {
@@ -141,14 +146,20 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
     try {
       l.load(config.module);
     } catch (err) {
-      throw new BackendError(PKCS11_BACKEND, 'user-induced', `cannot load the PKCS#11 module ${config.module}`, {
-        cause: err,
-      });
+      throw new BackendError(
+        PKCS11_BACKEND,
+        'user-induced',
+        `cannot load the PKCS#11 module ${config.module}`,
+        {
+          cause: err,
+        },
+      );
     }
     try {
       l.C_Initialize();
     } catch (err) {
-      if (pkcs11Code(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw toBackendError('C_Initialize', err);
+      if (pkcs11Code(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        throw toBackendError('C_Initialize', err);
     }
     lib = l;
     return l;
@@ -158,7 +169,11 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
     for (const s of l.C_GetSlotList(true)) {
       if (l.C_GetTokenInfo(s).label.trim() === config.tokenLabel) return s;
     }
-    throw new BackendError(PKCS11_BACKEND, 'user-induced', `no token labelled "${config.tokenLabel}" is present`);
+    throw new BackendError(
+      PKCS11_BACKEND,
+      'user-induced',
+      `no token labelled "${config.tokenLabel}" is present`,
+    );
   }
 
   async function login(l: pkcs11js.PKCS11, session: Handle): Promise<void> {
@@ -222,7 +237,10 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
     if (open < poolSize) {
       open++;
       try {
-        return { l, s: l.C_OpenSession(slot!, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION) };
+        return {
+          l,
+          s: l.C_OpenSession(slot!, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION),
+        };
       } catch (err) {
         open--;
         throw toBackendError('C_OpenSession', err);
@@ -244,7 +262,10 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
       if (open === 0) loggedIn = false;
       const w = waiters.shift();
       if (w !== undefined) {
-        acquire().then(({ s: fresh }) => w(fresh), () => waiters.unshift(w));
+        acquire().then(
+          ({ s: fresh }) => w(fresh),
+          () => waiters.unshift(w),
+        );
       }
       return;
     }
@@ -253,7 +274,10 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
     else free.push(s);
   }
 
-  async function withSession<T>(op: string, fn: (l: pkcs11js.PKCS11, s: Handle) => Promise<T> | T): Promise<T> {
+  async function withSession<T>(
+    op: string,
+    fn: (l: pkcs11js.PKCS11, s: Handle) => Promise<T> | T,
+  ): Promise<T> {
     const { l, s } = await acquire();
     busy++;
     let broken = false;
@@ -310,7 +334,9 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
   }
 
   function run(fn: (cb: (error: Error, data: Buffer) => void) => void): Promise<Buffer> {
-    return new Promise((resolve, reject) => fn((error, data) => (error ? reject(error) : resolve(data))));
+    return new Promise((resolve, reject) =>
+      fn((error, data) => (error ? reject(error) : resolve(data))),
+    );
   }
 
   return {
@@ -348,7 +374,9 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
         const key = keyHandle(l, s, keyID);
         const iv = random(GCM_IV_BYTES);
         l.C_EncryptInit(s, gcm(iv, aad), key);
-        const out = await run((cb) => l.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES), cb));
+        const out = await run((cb) =>
+          l.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES), cb),
+        );
         return Buffer.concat([iv, out]);
       });
     },

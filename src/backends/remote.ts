@@ -21,7 +21,13 @@ import {
   type LocalKekOptions,
   type LocalKekTier,
 } from './local-kek.js';
-import { DEFAULT_RETRY_POLICY, realRetryDeps, withRetry, type RetryDeps, type RetryPolicy } from './retry.js';
+import {
+  DEFAULT_RETRY_POLICY,
+  realRetryDeps,
+  withRetry,
+  type RetryDeps,
+  type RetryPolicy,
+} from './retry.js';
 import type { Logger } from '../logger.js';
 import { silentLogger } from '../logger.js';
 
@@ -78,7 +84,10 @@ function describe(err: unknown): { kind: BackendErrorKind; message: string } {
   return { kind: 'other', message: err instanceof Error ? err.message : String(err) };
 }
 
-export function createRemoteBackend(service: KekService, options: RemoteBackendOptions = {}): RemoteKeyBackend {
+export function createRemoteBackend(
+  service: KekService,
+  options: RemoteBackendOptions = {},
+): RemoteKeyBackend {
   const logger = options.logger ?? silentLogger;
   const now = options.now ?? Date.now;
   const random = options.random ?? randomBytes;
@@ -143,7 +152,8 @@ export function createRemoteBackend(service: KekService, options: RemoteBackendO
     { ...DEFAULT_LOCAL_KEK_OPTIONS, ...(options.localKEK === false ? {} : options.localKEK) },
     {
       remoteWrap: (id, kek, aad) => call('encrypt', (s) => service.encrypt(id, kek, aad, s)),
-      remoteUnwrap: (id, wrapped, aad) => call('decrypt', (s) => service.decrypt(id, wrapped, aad, s)),
+      remoteUnwrap: (id, wrapped, aad) =>
+        call('decrypt', (s) => service.decrypt(id, wrapped, aad, s)),
       random,
       now,
     },
@@ -155,7 +165,11 @@ export function createRemoteBackend(service: KekService, options: RemoteBackendO
     const pending = call('resolve', (s) => service.resolveKeyID(s)).then(
       (id) => {
         if (keyID !== undefined && keyID !== id) {
-          logger.info('key manager rotated: new key id', { backend: service.name, keyID: id, previous: keyID });
+          logger.info('key manager rotated: new key id', {
+            backend: service.name,
+            keyID: id,
+            previous: keyID,
+          });
         }
         keyID = id;
         return id;
@@ -182,7 +196,10 @@ export function createRemoteBackend(service: KekService, options: RemoteBackendO
       refresh().then(
         () => schedule(refreshIntervalMs),
         (err: unknown) => {
-          logger.warn('key manager refresh failed', { backend: service.name, error: describe(err).message });
+          logger.warn('key manager refresh failed', {
+            backend: service.name,
+            error: describe(err).message,
+          });
           schedule(refreshRetryMs);
         },
       );
@@ -195,7 +212,10 @@ export function createRemoteBackend(service: KekService, options: RemoteBackendO
     refresh().then(
       () => schedule(refreshIntervalMs),
       (err: unknown) => {
-        logger.warn('key manager not reachable at start', { backend: service.name, error: describe(err).message });
+        logger.warn('key manager not reachable at start', {
+          backend: service.name,
+          error: describe(err).message,
+        });
         schedule(refreshRetryMs);
       },
     );
@@ -220,7 +240,9 @@ export function createRemoteBackend(service: KekService, options: RemoteBackendO
           : { ciphertext, keyID: id, annotations: { [LOCAL_KEK_ANNOTATION]: sealed.wrappedKEK } };
       }
       const header = envelopeHeader('direct', id);
-      const remote = await call('encrypt', (s) => service.encrypt(id, asBuffer(request.plaintext), header, s));
+      const remote = await call('encrypt', (s) =>
+        service.encrypt(id, asBuffer(request.plaintext), header, s),
+      );
       return { ciphertext: encodeDirect(id, remote), keyID: id };
     },
 

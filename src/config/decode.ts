@@ -41,6 +41,14 @@ export function decodeConfigText(text: string): DecodeResult {
     return { value: undefined, problems: [{ path: '(file)', message: 'the file is empty' }] };
   }
   const json = isJsonText(text);
+  if (json) {
+    // The YAML parser is lenient with JSON (trailing commas, comments); Kubernetes' JSON decoder is not.
+    try {
+      JSON.parse(text);
+    } catch {
+      return { value: undefined, problems: [{ path: '(file)', message: 'invalid JSON' }] };
+    }
+  }
   const docs = parseAllDocuments(text, {
     version: json ? '1.2' : '1.1',
     schema: json ? 'json' : 'yaml-1.1',
@@ -118,11 +126,11 @@ function toPlain(
     const seen = new Set<string>();
     for (const pair of node.items) {
       if (!isPair(pair)) continue;
-      const rawKey = toPlain(doc, pair.key, path, json, problems, depth + 1);
-      if (!json && rawKey === '<<' && isScalar(pair.key) && pair.key.source === '<<') {
+      if (!json && isScalar(pair.key) && typeof pair.key.value === 'symbol' && pair.key.source === '<<') {
         mergeInto(out, toPlain(doc, pair.value, path, json, problems, depth + 1));
         continue;
       }
+      const rawKey = toPlain(doc, pair.key, path, json, problems, depth + 1);
       const key = plainKey(rawKey);
       const p = childPath(path, key);
       if (seen.has(key)) {

@@ -83,14 +83,18 @@ export function createAuthorityNormalizer(socket: Socket): AuthorityNormalizer {
     read() {
       socket.resume();
     },
+    // A write is done as soon as the socket has accepted it (or, when the socket is full, once it
+    // drains): waiting for the kernel write to complete would cost HTTP/2 an event-loop turn per write.
     write(chunk: Buffer, _encoding, callback) {
-      socket.write(chunk, callback);
+      if (socket.write(chunk)) callback();
+      else socket.once('drain', () => callback());
     },
     writev(chunks, callback) {
       socket.cork();
-      for (let i = 0; i < chunks.length - 1; i++) socket.write(chunks[i]!.chunk as Buffer);
-      socket.write(chunks[chunks.length - 1]!.chunk as Buffer, callback);
+      for (const c of chunks) socket.write(c.chunk as Buffer);
       socket.uncork();
+      if (socket.writableNeedDrain) socket.once('drain', () => callback());
+      else callback();
     },
     final(callback) {
       socket.end(callback);

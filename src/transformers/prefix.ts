@@ -56,6 +56,15 @@ function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/** Without a description an entry is named by its (ASCII) prefix, which carries no secret. */
+function defaultDescription(prefix: Uint8Array, index: number): string {
+  if (prefix.length === 0) return 'identity';
+  const text = Buffer.from(prefix)
+    .toString('latin1')
+    .replace(/[^\x20-\x7e]/g, '?');
+  return `provider ${index} (${JSON.stringify(text)})`;
+}
+
 function noMatchingPrefix(): FormatInvalidError {
   return new FormatInvalidError('ERR_FORMAT_NO_MATCHING_PROVIDER', 'no matching prefix found');
 }
@@ -75,7 +84,7 @@ export function createPrefixTransformers(
   const list = entries.map((e, i) => ({
     prefix: Buffer.from(e.prefix),
     transformer: e.transformer,
-    description: e.description ?? (e.prefix.length === 0 ? 'identity' : `provider ${i}`),
+    description: e.description ?? defaultDescription(e.prefix, i),
   }));
   const first = list[0]!;
   return {

@@ -3,7 +3,7 @@
 // from $ATREST_CACHE_BIN (scripts/setup/10-etcd.sh, scripts/setup/60-kube-apiserver.sh).
 
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, writeFileSync, closeSync } from 'node:fs';
+import { existsSync, openSync, readFileSync, writeFileSync, closeSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
@@ -165,6 +165,8 @@ export async function startControlPlane(): Promise<ControlPlane> {
       [
         '--bind-address=127.0.0.1',
         '--advertise-address=127.0.0.1',
+        // a loopback advertise address is only allowed without the kubernetes Service endpoint reconciler
+        '--endpoint-reconciler-type=none',
         `--secure-port=${apiPort}`,
         `--tls-cert-file=${join(dir, 'server.crt')}`,
         `--tls-private-key-file=${join(dir, 'server.key')}`,
@@ -186,15 +188,20 @@ export async function startControlPlane(): Promise<ControlPlane> {
     );
     closeSync(fd);
     apiserver = child;
-    await waitUntil('kube-apiserver /readyz', 120_000, () => {
-      try {
-        kubectl(['get', '--raw', '/readyz']);
-        kubectl(['get', 'namespace', 'default']);
-        return true;
-      } catch {
-        return false;
-      }
-    }, child);
+    try {
+      await waitUntil('kube-apiserver /readyz', 120_000, () => {
+        try {
+          kubectl(['get', '--raw', '/readyz']);
+          kubectl(['get', 'namespace', 'default']);
+          return true;
+        } catch {
+          return false;
+        }
+      }, child);
+    } catch (err) {
+      const log = readFileSync(join(dir, 'apiserver.log'), 'utf8').split('\n').slice(-12).join('\n');
+      throw new Error(`${(err as Error).message}; last lines of apiserver.log:\n${log}`);
+    }
   };
 
   return { dir, etcdUrl, kubeconfig, restartApiserver, kubectl, etcdctl, stop };

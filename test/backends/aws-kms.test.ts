@@ -14,8 +14,16 @@ import {
   UpdateAliasCommand,
 } from '@aws-sdk/client-kms';
 import { BackendError } from '../../src/errors.js';
-import { createAwsKmsService, classifyAwsError, type AwsKmsConfig } from '../../src/backends/aws-kms.js';
-import { createRemoteBackend, type RemoteBackendOptions, type RemoteKeyBackend } from '../../src/backends/remote.js';
+import {
+  createAwsKmsService,
+  classifyAwsError,
+  type AwsKmsConfig,
+} from '../../src/backends/aws-kms.js';
+import {
+  createRemoteBackend,
+  type RemoteBackendOptions,
+  type RemoteKeyBackend,
+} from '../../src/backends/remote.js';
 import { runBackendSuite, waitFor } from './suite.js';
 import { replaceEnvelopeKeyID } from './envelope-edit.js';
 import { answersHttp, findTool, freePort, startServer, type RunningServer } from './servers.js';
@@ -72,7 +80,10 @@ after(async () => {
   await moto.stop();
 });
 
-function open(options: RemoteBackendOptions = {}, config: Partial<AwsKmsConfig> = {}): RemoteKeyBackend {
+function open(
+  options: RemoteBackendOptions = {},
+  config: Partial<AwsKmsConfig> = {},
+): RemoteKeyBackend {
   const service = createAwsKmsService({ keyId: ALIAS, endpoint: moto.endpoint, ...config });
   return createRemoteBackend(service, { refreshIntervalMs: 200, refreshRetryMs: 200, ...options });
 }
@@ -194,7 +205,10 @@ describe('aws-kms backend', () => {
     assert.equal(classifyAwsError({ name: 'ThrottlingException' }), 'throttled');
     assert.equal(classifyAwsError({ name: 'InvalidCiphertextException' }), 'corruption');
     assert.equal(classifyAwsError({ name: 'Error', code: 'ECONNREFUSED' }), 'unavailable');
-    assert.equal(classifyAwsError({ name: 'X', $metadata: { httpStatusCode: 503 } }), 'unavailable');
+    assert.equal(
+      classifyAwsError({ name: 'X', $metadata: { httpStatusCode: 503 } }),
+      'unavailable',
+    );
     assert.equal(classifyAwsError({ name: 'X' }), 'other');
   });
 });

@@ -22,14 +22,20 @@ import { createLocalKekTier } from '../../src/backends/local-kek.js';
 /** Deterministic bytes for the vectors: SHA-256 counter stream of a label. */
 function det(label: string, n: number): Buffer {
   const out: Buffer[] = [];
-  for (let i = 0; out.length * 32 < n; i++) out.push(createHash('sha256').update(`${label}/${i}`).digest());
+  for (let i = 0; out.length * 32 < n; i++)
+    out.push(createHash('sha256').update(`${label}/${i}`).digest());
   return Buffer.concat(out).subarray(0, n);
 }
 
 describe('remote backend envelope', () => {
   it('keeps the direct layout byte for byte (changing this makes stored data unreadable)', () => {
     const bytes = encodeDirect('aws-kms:k1', Buffer.from('REMOTE'));
-    assert.equal(bytes.toString('hex'), '41545201010a' + Buffer.from('aws-kms:k1').toString('hex') + Buffer.from('REMOTE').toString('hex'));
+    assert.equal(
+      bytes.toString('hex'),
+      '41545201010a' +
+        Buffer.from('aws-kms:k1').toString('hex') +
+        Buffer.from('REMOTE').toString('hex'),
+    );
     const env = parseEnvelope(bytes);
     assert.equal(env.mode, 'direct');
     assert.equal(env.keyID, 'aws-kms:k1');
@@ -38,15 +44,34 @@ describe('remote backend envelope', () => {
   });
 
   it('keeps the local KEK layouts and associated data byte for byte (changing this makes stored data unreadable)', () => {
-    const parts = { keyID: 'k', wrappedKEK: Buffer.from([0xaa, 0xbb]), nonce: det('n', 12), sealedWithTag: det('s', 48) };
+    const parts = {
+      keyID: 'k',
+      wrappedKEK: Buffer.from([0xaa, 0xbb]),
+      nonce: det('n', 12),
+      sealedWithTag: det('s', 48),
+    };
     const inline = encodeLocal(parts, true);
     assert.equal(
       inline.toString('hex'),
-      '415452010201' + '6b' + '0002aabb' + det('n', 12).toString('hex') + det('s', 48).toString('hex'),
+      '415452010201' +
+        '6b' +
+        '0002aabb' +
+        det('n', 12).toString('hex') +
+        det('s', 48).toString('hex'),
     );
-    const digest = createHash('sha256').update(Buffer.from([0xaa, 0xbb])).digest().subarray(0, 16);
+    const digest = createHash('sha256')
+      .update(Buffer.from([0xaa, 0xbb]))
+      .digest()
+      .subarray(0, 16);
     const ref = encodeLocal(parts, false);
-    assert.equal(ref.toString('hex'), '415452010301' + '6b' + digest.toString('hex') + det('n', 12).toString('hex') + det('s', 48).toString('hex'));
+    assert.equal(
+      ref.toString('hex'),
+      '415452010301' +
+        '6b' +
+        digest.toString('hex') +
+        det('n', 12).toString('hex') +
+        det('s', 48).toString('hex'),
+    );
     assert.equal(kekAAD('k').toString('hex'), '415452010201' + '6b');
     assert.equal(localAAD('k', digest).toString('hex'), '4154520102016b' + digest.toString('hex'));
     for (const bytes of [inline, ref]) {
@@ -61,7 +86,10 @@ describe('remote backend envelope', () => {
   });
 
   it('refuses a bad magic, an unknown format or mode, and every truncation with a format error', () => {
-    const good = encodeLocal({ keyID: 'key', wrappedKEK: det('w', 40), nonce: det('n', 12), sealedWithTag: det('s', 48) }, true);
+    const good = encodeLocal(
+      { keyID: 'key', wrappedKEK: det('w', 40), nonce: det('n', 12), sealedWithTag: det('s', 48) },
+      true,
+    );
     for (let n = 0; n < 6 + 3 + 2 + 40 + 12 + 16; n++) {
       assert.throws(() => parseEnvelope(good.subarray(0, n)), AtrestError, `truncated to ${n}`);
     }
@@ -76,7 +104,9 @@ describe('remote backend envelope', () => {
   it('never crashes on random bytes: it parses or throws a catalog error', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 200 }), fc.boolean(), (bytes, withMagic) => {
-        const input = withMagic ? Buffer.concat([Buffer.from('ATR\x01'), bytes]) : Buffer.from(bytes);
+        const input = withMagic
+          ? Buffer.concat([Buffer.from('ATR\x01'), bytes])
+          : Buffer.from(bytes);
         try {
           parseEnvelope(input);
         } catch (err) {
@@ -104,7 +134,8 @@ describe('local KEK tier', () => {
           calls.unwrap++;
           return Buffer.from(wrapped.subarray(1).map((b) => b ^ 0xff));
         },
-        random: (n) => Buffer.from(Array.from({ length: n }, () => Math.floor(Math.random() * 256))),
+        random: (n) =>
+          Buffer.from(Array.from({ length: n }, () => Math.floor(Math.random() * 256))),
         now: () => t,
       },
     );
@@ -138,7 +169,14 @@ describe('local KEK tier', () => {
     const second = tier();
     const opened = await Promise.all(
       sealed.map((s) =>
-        second.tier.open('id', s.wrappedKEK, s.digest, s.nonce, s.sealedWithTag.subarray(0, -16), s.sealedWithTag.subarray(-16)),
+        second.tier.open(
+          'id',
+          s.wrappedKEK,
+          s.digest,
+          s.nonce,
+          s.sealedWithTag.subarray(0, -16),
+          s.sealedWithTag.subarray(-16),
+        ),
       ),
     );
     assert.deepEqual(opened[7], Buffer.alloc(32, 7));
@@ -151,7 +189,14 @@ describe('local KEK tier', () => {
       DecryptionFailedError,
     );
     await assert.rejects(
-      second.tier.open('another-id', s.wrappedKEK, s.digest, s.nonce, s.sealedWithTag.subarray(0, -16), s.sealedWithTag.subarray(-16)),
+      second.tier.open(
+        'another-id',
+        s.wrappedKEK,
+        s.digest,
+        s.nonce,
+        s.sealedWithTag.subarray(0, -16),
+        s.sealedWithTag.subarray(-16),
+      ),
       DecryptionFailedError,
       'the key id is bound as associated data',
     );

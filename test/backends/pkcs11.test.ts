@@ -13,7 +13,11 @@ import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { BackendError } from '../../src/errors.js';
 import { createPkcs11Service, classifyPkcs11Error } from '../../src/backends/pkcs11.js';
-import { createRemoteBackend, type RemoteBackendOptions, type RemoteKeyBackend } from '../../src/backends/remote.js';
+import {
+  createRemoteBackend,
+  type RemoteBackendOptions,
+  type RemoteKeyBackend,
+} from '../../src/backends/remote.js';
 import { runBackendSuite } from './suite.js';
 import { replaceEnvelopeKeyID } from './envelope-edit.js';
 import { findTool } from './servers.js';
@@ -23,9 +27,13 @@ const KEY_LABEL = 'atrest-kek';
 const PIN = '246810';
 
 function findModule(): string {
-  const candidates = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so'];
+  const candidates = [
+    '/usr/lib/softhsm/libsofthsm2.so',
+    '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so',
+  ];
   const found = candidates.find((p) => existsSync(p));
-  if (found === undefined) throw new Error('libsofthsm2.so not found; run "bash scripts/setup/20-softhsm.sh"');
+  if (found === undefined)
+    throw new Error('libsofthsm2.so not found; run "bash scripts/setup/20-softhsm.sh"');
   return found;
 }
 
@@ -33,13 +41,18 @@ const dir = mkdtempSync(join(tmpdir(), 'atrest-softhsm-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 const tokens = join(dir, 'tokens');
 execFileSync('mkdir', ['-p', tokens]);
-writeFileSync(join(dir, 'softhsm2.conf'), `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`);
+writeFileSync(
+  join(dir, 'softhsm2.conf'),
+  `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`,
+);
 // SoftHSM reads its configuration from here at C_Initialize; the backend under test runs in this process.
 process.env['SOFTHSM2_CONF'] = join(dir, 'softhsm2.conf');
 const MODULE = findModule();
-execFileSync(findTool('softhsm2-util', '20-softhsm.sh'), [
-  '--init-token', '--free', '--label', TOKEN, '--pin', PIN, '--so-pin', '13579246',
-], { env: process.env, stdio: 'ignore' });
+execFileSync(
+  findTool('softhsm2-util', '20-softhsm.sh'),
+  ['--init-token', '--free', '--label', TOKEN, '--pin', PIN, '--so-pin', '13579246'],
+  { env: process.env, stdio: 'ignore' },
+);
 const pinFile = join(dir, 'pin');
 writeFileSync(pinFile, PIN + '\n', { mode: 0o600 });
 
@@ -53,7 +66,9 @@ function generateKey(label = KEY_LABEL): Buffer {
   } catch (err) {
     if ((err as { code?: number }).code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err;
   }
-  const slot = admin.C_GetSlotList(true).find((s) => admin.C_GetTokenInfo(s).label.trim() === TOKEN)!;
+  const slot = admin
+    .C_GetSlotList(true)
+    .find((s) => admin.C_GetTokenInfo(s).label.trim() === TOKEN)!;
   const session = admin.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
   try {
     try {
@@ -85,16 +100,28 @@ function generateKey(label = KEY_LABEL): Buffer {
 
 generateKey();
 
-function open(options: RemoteBackendOptions = {}, pin: () => Promise<string> = readPin): RemoteKeyBackend {
-  const service = createPkcs11Service({ module: MODULE, tokenLabel: TOKEN, keyLabel: KEY_LABEL, sessions: 3 }, { pin });
-  return createRemoteBackend(service, { refreshIntervalMs: 200, refreshRetryMs: 200, localKEK: false, ...options });
+function open(
+  options: RemoteBackendOptions = {},
+  pin: () => Promise<string> = readPin,
+): RemoteKeyBackend {
+  const service = createPkcs11Service(
+    { module: MODULE, tokenLabel: TOKEN, keyLabel: KEY_LABEL, sessions: 3 },
+    { pin },
+  );
+  return createRemoteBackend(service, {
+    refreshIntervalMs: 200,
+    refreshRetryMs: 200,
+    localKEK: false,
+    ...options,
+  });
 }
 
 async function readPin(): Promise<string> {
   return (await readFile(pinFile, 'utf8')).trim();
 }
 
-const unknownKeyID = (c: Buffer): Buffer => replaceEnvelopeKeyID(c, `pkcs11:${KEY_LABEL}:ffffffffffffffff`);
+const unknownKeyID = (c: Buffer): Buffer =>
+  replaceEnvelopeKeyID(c, `pkcs11:${KEY_LABEL}:ffffffffffffffff`);
 
 runBackendSuite('pkcs11 (SoftHSM2, direct)', {
   open: async () => open(),
@@ -160,7 +187,10 @@ describe('pkcs11 backend', () => {
   });
 
   it('reports a missing key label as user-induced', async (t) => {
-    const service = createPkcs11Service({ module: MODULE, tokenLabel: TOKEN, keyLabel: 'no-such-key' }, { pin: readPin });
+    const service = createPkcs11Service(
+      { module: MODULE, tokenLabel: TOKEN, keyLabel: 'no-such-key' },
+      { pin: readPin },
+    );
     const b = createRemoteBackend(service, { background: false });
     t.after(() => b.close());
     await assert.rejects(b.currentKeyID(), (err: unknown) => {

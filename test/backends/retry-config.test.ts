@@ -114,7 +114,14 @@ describe('backend configuration', () => {
   });
 
   it('reports every problem with its path, and never echoes an inline secret', () => {
-    const text = ['pkcs11:', '  module: 7', '  pin: "123456"', '  sessions: -1', '  colour: blue', 'vault: {}'].join('\n');
+    const text = [
+      'pkcs11:',
+      '  module: 7',
+      '  pin: "123456"',
+      '  sessions: -1',
+      '  colour: blue',
+      'vault: {}',
+    ].join('\n');
     assert.throws(
       () => parseBackendConfig(text, 'f.yaml', 'pkcs11'),
       (err: unknown) => {
@@ -137,7 +144,10 @@ describe('backend configuration', () => {
   });
 
   it('refuses a file without the selected section', () => {
-    assert.throws(() => parseBackendConfig('aws-kms: {keyId: k}\n', 'f.yaml', 'pkcs11'), /no "pkcs11" section/);
+    assert.throws(
+      () => parseBackendConfig('aws-kms: {keyId: k}\n', 'f.yaml', 'pkcs11'),
+      /no "pkcs11" section/,
+    );
   });
 
   it('reads durations and secrets from files and the environment', async () => {

@@ -21,7 +21,9 @@ export function findTool(name: string, setupScript: string): string {
     const p = join(d, name);
     if (d !== '' && existsSync(p)) return p;
   }
-  throw new Error(`${name} not found in ${cacheBin()} or on PATH; run "bash scripts/setup/${setupScript}"`);
+  throw new Error(
+    `${name} not found in ${cacheBin()} or on PATH; run "bash scripts/setup/${setupScript}"`,
+  );
 }
 
 export async function freePort(): Promise<number> {

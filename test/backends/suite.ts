@@ -62,7 +62,10 @@ export function runBackendSuite(name: string, sut: BackendUnderTest): void {
         assert.equal(wrapped.keyID, await b.currentKeyID());
         assert.ok(wrapped.ciphertext.length > 0 && wrapped.ciphertext.length <= 1024);
         if (size >= 16) {
-          assert.ok(!wrapped.ciphertext.includes(plaintext), 'the plaintext must not appear in the ciphertext');
+          assert.ok(
+            !wrapped.ciphertext.includes(plaintext),
+            'the plaintext must not appear in the ciphertext',
+          );
         }
         const back = await b.unwrap({ ciphertext: wrapped.ciphertext, keyID: wrapped.keyID });
         assert.deepEqual(back, plaintext);
@@ -111,7 +114,10 @@ export function runBackendSuite(name: string, sut: BackendUnderTest): void {
       const fresh = await b.wrap({ plaintext });
       assert.equal(fresh.keyID, after);
       assert.deepEqual(await b.unwrap({ ciphertext: old.ciphertext, keyID: old.keyID }), plaintext);
-      assert.deepEqual(await b.unwrap({ ciphertext: fresh.ciphertext, keyID: fresh.keyID }), plaintext);
+      assert.deepEqual(
+        await b.unwrap({ ciphertext: fresh.ciphertext, keyID: fresh.keyID }),
+        plaintext,
+      );
     });
 
     it('refuses a tampered ciphertext in every region with a catalog error', async (t) => {
@@ -123,9 +129,16 @@ export function runBackendSuite(name: string, sut: BackendUnderTest): void {
       for (const at of positions) {
         const bad = Buffer.from(c);
         bad[at] = bad[at]! ^ 0x01;
-        await assert.rejects(b.unwrap({ ciphertext: bad }), assertCatalogError, `flip at byte ${at}`);
+        await assert.rejects(
+          b.unwrap({ ciphertext: bad }),
+          assertCatalogError,
+          `flip at byte ${at}`,
+        );
       }
-      await assert.rejects(b.unwrap({ ciphertext: c.subarray(0, c.length - 1) }), assertCatalogError);
+      await assert.rejects(
+        b.unwrap({ ciphertext: c.subarray(0, c.length - 1) }),
+        assertCatalogError,
+      );
       await assert.rejects(b.unwrap({ ciphertext: c.subarray(0, 5) }), assertCatalogError);
       await assert.rejects(b.unwrap({ ciphertext: randomBytes(64) }), assertCatalogError);
     });

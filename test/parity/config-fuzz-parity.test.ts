@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
+import { stringify } from 'yaml';
 import { parseEncryptionConfiguration } from '../../src/config/index.js';
 import { startOracle, type Oracle } from './oracle.js';
 
@@ -63,7 +64,7 @@ const provider = fc.oneof(
 
 const config = fc.record({
   legacy: fc.boolean(),
-  json: fc.boolean(),
+  syntax: fc.constantFrom('json', 'yaml-flow', 'yaml-block'),
   reload: fc.boolean(),
   kmsV1: fc.oneof({ arbitrary: fc.constant(true), weight: 4 }, { arbitrary: fc.constant(false), weight: 1 }),
   resources: fc.array(
@@ -83,7 +84,8 @@ function render(c: Generated): string {
     kind: c.legacy ? 'EncryptionConfig' : 'EncryptionConfiguration',
     resources: c.resources,
   };
-  if (c.json) return JSON.stringify(doc, null, 1);
+  if (c.syntax === 'json') return JSON.stringify(doc, null, 1);
+  if (c.syntax === 'yaml-block') return stringify(doc);
   // YAML via JSON-in-flow style is valid YAML; quote every string so YAML 1.1 typing cannot differ.
   return `---\n${JSON.stringify(doc, null, 2)}\n`;
 }
@@ -113,7 +115,7 @@ describe('generated EncryptionConfigurations get the same verdict from atrest an
     await fc.assert(
       fc.asyncProperty(config, async (c) => {
         const text = render(c);
-        const file = join(dir, `fuzz-${n++}.${c.json ? 'json' : 'yaml'}`);
+        const file = join(dir, `fuzz-${n++}.${c.syntax === 'json' ? 'json' : 'yaml'}`);
         writeFileSync(file, text);
         const upstream = await oracle(c.kmsV1).load(file, { reload: c.reload });
         let ours = 'accept';

@@ -104,6 +104,18 @@ const ROWS: readonly Row[] = [
     text: secretsWith(`${aescbc(K32)}      - identity: {}\n      - aesgcm:\n          keys: [{name: g, secret: ${K32}}]\n`),
     expect: 'accept',
   },
+  // null values: Go leaves strings empty and pointers nil, then defaults and validation apply
+  { name: 'a null provider element', text: secretsWith('      - null\n'), expect: 'reject' },
+  { name: 'a null key', text: secretsWith('      - aescbc:\n          keys: [null]\n'), expect: 'reject' },
+  { name: 'kms timeout null (defaulted)', text: secretsWith(kms(`apiVersion: v2, name: a, endpoint: "${SOCK}", timeout: null`)), expect: 'accept' },
+  { name: 'kms v1 cachesize null (defaulted)', text: secretsWith(kms(`name: a, endpoint: "${SOCK}", cachesize: null`)), expect: 'accept' },
+  { name: 'kms apiVersion null (defaults to v1)', text: secretsWith(kms(`apiVersion: null, name: a, endpoint: "${SOCK}"`)), expect: 'accept' },
+  { name: 'a null resources list', text: `${HEAD}resources:\n  - resources: null\n    providers:\n      - identity: {}\n`, expect: 'reject' },
+  { name: 'an empty-string resource name', text: `${HEAD}resources:\n  - resources: [secrets, ""]\n    providers:\n      - identity: {}\n`, expect: 'accept' },
+  { name: 'a resources entry that is a string', text: `${HEAD}resources:\n  - secrets\n`, expect: 'reject' },
+  { name: 'a top-level list', text: '- apiVersion: v1\n  kind: EncryptionConfig\n', expect: 'reject' },
+  { name: 'JSON with a trailing comma', ext: 'json', text: '{"apiVersion":"v1","kind":"EncryptionConfig","resources":[{"resources":["secrets"],"providers":[{"identity":{}}],}]}', expect: 'reject' },
+  { name: 'a YAML merge key', text: `${HEAD}resources:\n  - resources: [secrets]\n    providers:\n      - kms:\n          <<: {apiVersion: v2, endpoint: "${SOCK}"}\n          name: merged\n`, expect: 'accept' },
   // document kinds and strictness
   {
     name: 'the legacy apiVersion v1 kind EncryptionConfig',

@@ -218,3 +218,16 @@ test('the pooled random source never hands out the same bytes twice and honours 
   assert.equal(random(100).length, 100);
   assert.equal(random(0).length, 0);
 });
+
+test('entries without a description are named by their position and prefix', async () => {
+  const { createAesGcmTransformer } = await import('../../src/transformers/aes-gcm.js');
+  const entry = (key: Buffer) => ({
+    prefix: Buffer.from('custom:\n'),
+    transformer: createAesGcmTransformer(key),
+  });
+  const stored = await write(createPrefixTransformers([entry(K2)]));
+  const t = createPrefixTransformers([entry(K1)]);
+  await assert.rejects(t.transformFromStorage(stored, ctx()), {
+    message: 'provider 0 ("custom:?"): decryption failed',
+  });
+});
