@@ -50,7 +50,7 @@ export function registerServe(program: Command, version: string): void {
   const serve = program
     .command('serve')
     .description('run the KMS plugin (v1beta1 and v2 on one UNIX socket) for kube-apiserver')
-    .option('--listen <endpoint>', 'socket endpoint, unix:///PATH or unix:///@abstract-name')
+    .option('--listen <endpoint>', 'socket endpoint, unix:///PATH (a socket file)')
     .option('--socket-mode <mode>', 'permission bits of the socket (octal)', '0600')
     .option(
       '--socket-group <group>',

@@ -14,6 +14,7 @@ import {
   type AuthorityNormalizer,
 } from './authority-normalizer.js';
 import { MESSAGE_PREFIX, frameMessage, parseGrpcTimeout } from './framing.js';
+import { createLeanGrpcServer } from './lean-server.js';
 import { GRPC_CODE, GrpcStatusError, encodeGrpcMessage, type GrpcCode } from './status.js';
 
 export interface UnaryCall {
@@ -44,6 +45,11 @@ export interface GrpcServerOptions {
   readonly logger?: Logger;
   /** Rewrite :authority values Node refuses (default true). false only for measurements. */
   readonly normalizeAuthority?: boolean;
+  /**
+   * 'node-http2' (the default for now): node:http2 behind the :authority normaliser. 'lean': our own
+   * unary-only HTTP/2 server (lean-server.ts), which accepts any :authority; normalizeAuthority is moot.
+   */
+  readonly transport?: 'lean' | 'node-http2';
 }
 
 export interface GrpcServer {
@@ -100,8 +106,10 @@ class Call implements UnaryCall {
 }
 
 const EMPTY = Buffer.alloc(0);
+const DEFAULT_TRANSPORT: 'lean' | 'node-http2' = 'node-http2';
 
 export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
+  if ((options.transport ?? DEFAULT_TRANSPORT) === 'lean') return createLeanGrpcServer(options);
   const { handlers, maxMessageBytes, onCall } = options;
   const logger = options.logger ?? silentLogger;
   const normalize = options.normalizeAuthority ?? true;

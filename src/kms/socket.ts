@@ -1,6 +1,6 @@
 // The plugin's UNIX socket: preparing the path (parent directory 0700, stale socket removal, refusal
 // of live sockets and non-sockets), binding with mode 0600 from the first instant (umask around
-// bind), optional mode/group for a non-root kube-apiserver, Linux abstract sockets, and removal on close.
+// bind), optional mode/group for a non-root kube-apiserver, refusal of abstract names, removal on close.
 
 import { promises as fsp } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
@@ -21,7 +21,7 @@ export interface UnixListenOptions {
 
 export interface UnixListener {
   readonly endpoint: UnixEndpoint;
-  /** Whether our socket file is still at the path (an abstract socket always is while bound). */
+  /** Whether our socket file is still at the path. */
   present(): Promise<boolean>;
   /** Re-binds the path if our socket file was deleted or replaced; true if it did. */
   restore(): Promise<boolean>;
@@ -131,7 +131,7 @@ async function checkDirectory(dir: string): Promise<void> {
  * nobody answers on, and refuses a live socket or anything that is not a socket.
  */
 export async function prepareSocketPath(endpoint: UnixEndpoint): Promise<void> {
-  if (endpoint.abstract) return;
+  if (endpoint.abstract) throw abstractNotSupported(endpoint);
   const path = endpoint.path;
   if (Buffer.byteLength(path, 'utf8') > UNIX_PATH_MAX_BYTES) {
     throw new AtrestError(
@@ -162,6 +162,19 @@ export async function prepareSocketPath(endpoint: UnixEndpoint): Promise<void> {
   }
 }
 
+/**
+ * Node.js 20 binds a Linux abstract socket with its name NUL-padded to the full sockaddr_un size
+ * (`/proc/net/unix` shows `@name@@@…`), while kube-apiserver (Go) connects to the exact name: the
+ * API server could never reach us. So `unix:///@name` is refused rather than served unreachably.
+ */
+function abstractNotSupported(endpoint: UnixEndpoint): AtrestError {
+  return new AtrestError(
+    'ERR_SOCKET_ENDPOINT',
+    `abstract socket ${endpoint.path} is not supported: Node.js binds abstract names NUL-padded, ` +
+      'so kube-apiserver could not connect; use a socket file such as unix:///var/run/kms/atrest.sock',
+  );
+}
+
 function listenOnce(server: Server, address: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
@@ -184,7 +197,7 @@ async function bindOnce(
   endpoint: UnixEndpoint,
   options: UnixListenOptions,
   onConnection: (socket: Socket) => void,
-): Promise<{ server: Server; ino: number | undefined }> {
+): Promise<{ server: Server; ino: number }> {
   const server = createServer({ pauseOnConnect: false }, onConnection);
   try {
     await listenOnce(server, endpoint.address);
@@ -198,7 +211,6 @@ async function bindOnce(
       },
     );
   }
-  if (endpoint.abstract) return { server, ino: undefined };
   try {
     if (options.gid !== undefined) await fsp.chown(endpoint.path, -1, options.gid);
     await fsp.chmod(endpoint.path, options.mode ?? DEFAULT_SOCKET_MODE);
@@ -221,9 +233,8 @@ async function bindOnce(
 async function closeKeepingOthers(
   server: Server,
   endpoint: UnixEndpoint,
-  ino: number | undefined,
+  ino: number,
 ): Promise<void> {
-  if (endpoint.abstract) return void server.close();
   let foreign = false;
   try {
     const st = await fsp.lstat(endpoint.path);
@@ -248,11 +259,11 @@ export async function listenUnix(
   options: UnixListenOptions,
   onConnection: (socket: Socket) => void,
 ): Promise<UnixListener> {
+  if (endpoint.abstract) throw abstractNotSupported(endpoint);
   let bound = await bindOnce(endpoint, options, onConnection);
   let closing: Promise<void> | undefined;
 
   async function present(): Promise<boolean> {
-    if (endpoint.abstract) return true;
     try {
       const st = await fsp.lstat(endpoint.path);
       return st.isSocket() && st.ino === bound.ino;
@@ -279,7 +290,6 @@ export async function listenUnix(
       closing ??= (async () => {
         const { server, ino } = bound;
         await closeKeepingOthers(server, endpoint, ino);
-        if (endpoint.abstract || ino === undefined) return;
         // libuv unlinks our path when the listening handle closes; make sure, but never remove a
         // socket another process has bound at the same path since.
         try {

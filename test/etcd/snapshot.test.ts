@@ -77,6 +77,16 @@ describe('etcd snapshot reader (bbolt, no etcd needed)', () => {
     assert.ok(got.every((kv) => kv.key.toString().startsWith('/registry/configmaps/')));
   });
 
+  test("reads a stopped member's own data file (member/snap/db) too", async () => {
+    // SIGTERM lets etcd commit its backend; the live file has two independent meta pages and a freelist
+    const exited = new Promise((r) => etcd.process.once('exit', r));
+    etcd.process.kill('SIGTERM');
+    await exited;
+    const got = readSnapshot(join(etcd.dataDir, 'member', 'snap', 'db'));
+    assert.equal(got.length, expected.length);
+    for (let i = 0; i < got.length; i++) assert.deepEqual(got[i]!.value, expected[i]!.value);
+  });
+
   test('refuses a file that is not a bbolt database with a clear error', () => {
     const bogus = join(etcd.dir, 'not-a-snapshot.db');
     writeFileSync(bogus, randomBytes(16384));

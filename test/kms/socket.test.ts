@@ -151,20 +151,19 @@ test('a socket path longer than the kernel limit is refused clearly', async (t) 
   );
 });
 
-test('unix:///@name listens on a Linux abstract socket and creates no file', async (t) => {
+test('unix:///@name is refused with a clear message and creates no file', async () => {
+  // Node.js 20 would bind the abstract name NUL-padded, which kube-apiserver cannot reach.
   const name = `atrest-test-${randomBytes(6).toString('hex')}`;
   const ep = parseUnixEndpoint(`unix:///@${name}`);
   assert.equal(ep.abstract, true);
   const before = await readdir(process.cwd());
-  await prepareSocketPath(ep);
-  const l = await listenUnix(ep, {}, (s) => s.destroy());
-  t.after(() => l.close());
-  assert.equal(await connects('\0' + name), true);
-  assert.deepEqual(await readdir(process.cwd()), before);
+  await assert.rejects(prepareSocketPath(ep), hasCode('ERR_SOCKET_ENDPOINT', /abstract socket .* not supported/));
   await assert.rejects(
     listenUnix(ep, {}, (s) => s.destroy()),
-    hasCode('ERR_SOCKET_IN_USE', /another plugin/),
+    hasCode('ERR_SOCKET_ENDPOINT', /abstract socket .* not supported/),
   );
+  assert.equal(await connects('\0' + name), false);
+  assert.deepEqual(await readdir(process.cwd()), before);
 });
 
 test('closing the listener removes the socket file', async (t) => {
