@@ -46,8 +46,8 @@ export interface GrpcServerOptions {
   /** Rewrite :authority values Node refuses (default true). false only for measurements. */
   readonly normalizeAuthority?: boolean;
   /**
-   * 'node-http2' (the default for now): node:http2 behind the :authority normaliser. 'lean': our own
-   * unary-only HTTP/2 server (lean-server.ts), which accepts any :authority; normalizeAuthority is moot.
+   * 'lean' (the default): our own unary-only HTTP/2 server (lean-server.ts), which accepts any
+   * :authority. 'node-http2': node:http2 behind the :authority normaliser (normalizeAuthority applies).
    */
   readonly transport?: 'lean' | 'node-http2';
 }
@@ -106,7 +106,7 @@ class Call implements UnaryCall {
 }
 
 const EMPTY = Buffer.alloc(0);
-const DEFAULT_TRANSPORT: 'lean' | 'node-http2' = 'node-http2';
+const DEFAULT_TRANSPORT: 'lean' | 'node-http2' = 'lean';
 
 export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   if ((options.transport ?? DEFAULT_TRANSPORT) === 'lean') return createLeanGrpcServer(options);

@@ -3,8 +3,6 @@
 // version "v1beta1", each call bounded by the provider timeout (kms-spec §1, §5.5).
 
 import { AtrestError } from '../errors.js';
-import { createGrpcClient } from '../grpc/client.js';
-import { parseUnixEndpoint } from '../grpc/endpoint.js';
 import {
   DecryptRequest,
   DecryptResponse,
@@ -16,7 +14,7 @@ import {
   VersionResponse,
 } from '../proto/kms-v1beta1.js';
 import type { KmsV1Service } from '../transformers/kms-services.js';
-import { callKms } from './call.js';
+import { callKms, dialKms } from './call.js';
 
 export interface KmsClientOptions {
   /** unix:///path/to/socket or unix:///@abstract, parsed as kube-apiserver does. */
@@ -39,11 +37,7 @@ export interface KmsV1Client extends KmsV1Service {
 }
 
 export function createKmsV1Client(options: KmsClientOptions): KmsV1Client {
-  const endpoint = parseUnixEndpoint(options.endpoint);
-  const grpc = createGrpcClient({
-    address: endpoint.address,
-    ...(options.authority === undefined ? {} : { authority: options.authority }),
-  });
+  const grpc = dialKms(options.endpoint, options.authority);
   const { timeoutMs } = options;
   let checked = false;
   let checking: Promise<void> | undefined;

@@ -3,8 +3,6 @@
 // format's job (src/transformers/), as it is in kube-apiserver.
 
 import { randomUUID } from 'node:crypto';
-import { createGrpcClient } from '../grpc/client.js';
-import { parseUnixEndpoint } from '../grpc/endpoint.js';
 import {
   DecryptRequest,
   DecryptResponse,
@@ -15,7 +13,7 @@ import {
   V2_METHODS,
 } from '../proto/kms-v2.js';
 import type { KmsV2Service } from '../transformers/kms-services.js';
-import { callKms } from './call.js';
+import { callKms, dialKms } from './call.js';
 import type { KmsClientOptions } from './kms-v1-client.js';
 
 export interface KmsV2Client extends KmsV2Service {
@@ -28,11 +26,7 @@ export function newUID(): string {
 }
 
 export function createKmsV2Client(options: KmsClientOptions): KmsV2Client {
-  const endpoint = parseUnixEndpoint(options.endpoint);
-  const grpc = createGrpcClient({
-    address: endpoint.address,
-    ...(options.authority === undefined ? {} : { authority: options.authority }),
-  });
+  const grpc = dialKms(options.endpoint, options.authority);
   const { timeoutMs } = options;
 
   return {

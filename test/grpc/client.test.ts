@@ -72,7 +72,7 @@ test('recovers transparently from a server restart on the next call', async () =
   }
 });
 
-test('serves and dials a Linux abstract socket (unix:///@name)', async () => {
+test('serves and dials a Linux abstract socket (unix:///@name) from Node (Go cannot reach a Node abstract socket: see docs/grpc.md)', async () => {
   const endpoint = parseUnixEndpoint(`unix:///@atrest-test-${randomBytes(6).toString('hex')}`);
   const fx = await startFixture({ handlers, maxMessageBytes: 1024 }, endpoint.address);
   const client = createGrpcClient({ address: endpoint.address });

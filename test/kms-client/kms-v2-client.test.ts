@@ -101,3 +101,11 @@ test('newUID gives random lowercase version-4 UUIDs', () => {
   assert.match(a, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   assert.notEqual(a, newUID());
 });
+
+test('an abstract socket endpoint is refused with a clear message', () => {
+  assert.throws(
+    () => createKmsV2Client({ endpoint: 'unix:///@some-plugin', timeoutMs: 1000 }),
+    (e: unknown) =>
+      e instanceof AtrestError && e.code === 'ERR_SOCKET_ENDPOINT' && /abstract socket @some-plugin/.test(e.message),
+  );
+});

@@ -1,0 +1,222 @@
+// The lean HTTP/2 transport (src/grpc/lean-server.ts): every behaviour of the server, :authority and
+// close suites, run again with transport 'lean', plus what only a hand-written HTTP/2 stack can get
+// wrong: flow control both ways, many concurrent streams, padding, broken or vanishing clients.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { GRPC_CODE } from '../../src/grpc/status.js';
+import { createGrpcClient } from '../../src/grpc/client.js';
+import { startFixture, useTransport } from './fixture.js';
+import {
+  FRAME,
+  PREFACE,
+  RawH2Client,
+  frame,
+  grpcFrame,
+  grpcRequestBlock,
+  hpackLiteral,
+  messageOf,
+  statusOf,
+} from './raw-h2.js';
+
+useTransport('lean');
+await import('./server.test.js');
+await import('./authority.test.js');
+await import('./close.test.js');
+
+const LIMIT = 64 * 1024;
+const fx = await startFixture({
+  transport: 'lean',
+  maxMessageBytes: LIMIT,
+  handlers: new Map([
+    ['/t.Test/Echo', async (call) => call.message],
+    ['/t.Test/Authority', async (call) => Buffer.from(call.authority)],
+    [
+      '/t.Test/Wait',
+      (call) => new Promise<Uint8Array>((resolve) => setTimeout(() => resolve(call.message), 20)),
+    ],
+  ]),
+});
+const client = createGrpcClient({ address: fx.address });
+after(async () => {
+  await client.close();
+  await fx.cleanup();
+});
+
+const localhost = hpackLiteral('without', 1, 'localhost');
+const echoBlock = grpcRequestBlock('/t.Test/Echo', localhost);
+
+async function stillServes(): Promise<void> {
+  assert.deepEqual(await client.unary('/t.Test/Echo', Buffer.from('alive'), { timeoutMs: 2000 }), Buffer.from('alive'));
+}
+
+test('round-trips a message of exactly the 64 KiB limit both ways, beyond the 65,535-byte default windows', async () => {
+  const big = Buffer.alloc(LIMIT);
+  for (let i = 0; i < big.length; i++) big[i] = i * 31;
+  assert.deepEqual(await client.unary('/t.Test/Echo', big, { timeoutMs: 5000 }), big);
+  // Several at once share the connection window.
+  const all = await Promise.all([1, 2, 3, 4].map((n) => client.unary('/t.Test/Echo', big.subarray(n), { timeoutMs: 5000 })));
+  all.forEach((out, i) => assert.deepEqual(out, big.subarray(i + 1)));
+});
+
+test('refuses a message one byte over the limit with RESOURCE_EXHAUSTED and keeps the connection usable', async () => {
+  await assert.rejects(client.unary('/t.Test/Echo', Buffer.alloc(LIMIT + 1), { timeoutMs: 5000 }), (err: unknown) => {
+    assert.equal((err as { code?: number }).code, GRPC_CODE.RESOURCE_EXHAUSTED);
+    return true;
+  });
+  await stillServes();
+});
+
+test('holds a response back until the client opens its window, then sends the rest', async () => {
+  const c = await RawH2Client.connect(fx.address, false);
+  try {
+    // INITIAL_WINDOW_SIZE 10: the 5-byte prefix + 5 bytes go out, the rest waits for WINDOW_UPDATE.
+    const settings = Buffer.alloc(6);
+    settings.writeUInt16BE(0x4, 0);
+    settings.writeUInt32BE(10, 2);
+    c.autoAck = true;
+    const done = c.expect(1);
+    c.write(Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0, settings)]));
+    c.write(Buffer.concat([frame(FRAME.HEADERS, 0x4, 1, echoBlock), frame(FRAME.DATA, 0x1, 1, grpcFrame(Buffer.from('0123456789abcdef')))]));
+    await new Promise((r) => setTimeout(r, 100));
+    const early = c as unknown as { streams: Map<number, { data: Buffer }> };
+    assert.equal(early.streams.get(1)?.data.length, 10, 'only the window went out');
+    const inc = Buffer.alloc(4);
+    inc.writeUInt32BE(100, 0);
+    c.write(frame(FRAME.WINDOW_UPDATE, 0, 1, inc));
+    const r = await done;
+    assert.equal(statusOf(r), GRPC_CODE.OK);
+    assert.equal(messageOf(r).toString(), '0123456789abcdef');
+  } finally {
+    c.close();
+  }
+});
+
+test('serves 500 concurrent streams on one connection', async () => {
+  const c = await RawH2Client.connect(fx.address);
+  try {
+    const waits = [];
+    const bytes = [];
+    for (let i = 0; i < 500; i++) {
+      const id = 2 * i + 1;
+      waits.push(c.expect(id));
+      bytes.push(frame(FRAME.HEADERS, 0x4, id, grpcRequestBlock('/t.Test/Wait', localhost)));
+      bytes.push(frame(FRAME.DATA, 0x1, id, grpcFrame(Buffer.from(`m${i}`))));
+    }
+    c.write(Buffer.concat(bytes));
+    const rs = await Promise.all(waits);
+    rs.forEach((r, i) => {
+      assert.equal(statusOf(r), GRPC_CODE.OK);
+      assert.equal(messageOf(r).toString(), `m${i}`);
+    });
+  } finally {
+    c.close();
+  }
+});
+
+test('accepts padded DATA and padded HEADERS', async () => {
+  const c = await RawH2Client.connect(fx.address);
+  try {
+    const done = c.expect(1);
+    const body = grpcFrame(Buffer.from('padded'));
+    c.write(
+      Buffer.concat([
+        frame(FRAME.HEADERS, 0x4 | 0x8, 1, Buffer.concat([Buffer.from([4]), echoBlock, Buffer.alloc(4)])),
+        frame(FRAME.DATA, 0x8, 1, Buffer.concat([Buffer.from([200]), body.subarray(0, 3), Buffer.alloc(200)])),
+        frame(FRAME.DATA, 0x8 | 0x1, 1, Buffer.concat([Buffer.from([0]), body.subarray(3)])),
+      ]),
+    );
+    const r = await done;
+    assert.equal(statusOf(r), GRPC_CODE.OK);
+    assert.equal(messageOf(r).toString(), 'padded');
+  } finally {
+    c.close();
+  }
+});
+
+test('answers PING, ignores PRIORITY and unknown frame types', async () => {
+  const c = await RawH2Client.connect(fx.address);
+  try {
+    const pong = new Promise<Buffer>((resolve) => {
+      c.socket.on('data', (d: Buffer) => {
+        const i = d.indexOf(Buffer.from('pingpong'));
+        if (i >= 9 && d[i - 6] === FRAME.PING && d[i - 5] === 1) resolve(d.subarray(i, i + 8));
+      });
+    });
+    c.write(frame(FRAME.PING, 0, 0, Buffer.from('pingpong')));
+    assert.equal((await pong).toString(), 'pingpong');
+    const done = c.expect(1);
+    c.write(
+      Buffer.concat([
+        frame(FRAME.PRIORITY, 0, 1, Buffer.from([0, 0, 0, 0, 16])),
+        frame(0xfa, 0xff, 0, Buffer.from('whatever')),
+        frame(FRAME.HEADERS, 0x4, 1, echoBlock),
+        frame(0xfb, 0, 1, Buffer.from('ignored')),
+        frame(FRAME.DATA, 0x1, 1, grpcFrame(Buffer.from('ok'))),
+      ]),
+    );
+    assert.equal(messageOf(await done).toString(), 'ok');
+  } finally {
+    c.close();
+  }
+});
+
+test('a protocol error gets GOAWAY PROTOCOL_ERROR on that connection only', async () => {
+  const c = await RawH2Client.connect(fx.address);
+  try {
+    c.write(frame(FRAME.HEADERS, 0x4, 2, echoBlock)); // an even (server-side) stream id
+    await new Promise<void>((resolve) => c.socket.once('close', () => resolve()));
+    assert.equal(c.goaway?.code, 1);
+  } finally {
+    c.close();
+  }
+  await stillServes();
+});
+
+test('garbage, a half frame then a disconnect, and a disconnect mid-call leave the server serving', async () => {
+  const junk = await RawH2Client.connect(fx.address);
+  junk.write(Buffer.from([0xff, 0xff, 0xff, 0x00, 0x00, 0, 0, 0, 0, 1, 2, 3])); // a 16 MiB frame
+  await new Promise<void>((resolve) => junk.socket.once('close', () => resolve()));
+  assert.equal(junk.goaway?.code, 6, 'FRAME_SIZE_ERROR');
+
+  const half = await RawH2Client.connect(fx.address);
+  half.write(frame(FRAME.HEADERS, 0x4, 1, echoBlock).subarray(0, 12));
+  await new Promise((r) => setTimeout(r, 20));
+  half.close();
+
+  const mid = await RawH2Client.connect(fx.address);
+  mid.write(Buffer.concat([frame(FRAME.HEADERS, 0x4, 1, grpcRequestBlock('/t.Test/Wait', localhost)), frame(FRAME.DATA, 0x1, 1, grpcFrame(Buffer.from('bye')))]));
+  mid.close();
+
+  const partial = await RawH2Client.connect(fx.address);
+  partial.write(Buffer.concat([frame(FRAME.HEADERS, 0x4, 1, echoBlock), frame(FRAME.DATA, 0, 1, Buffer.from([0, 0, 0, 1, 0]))]));
+  partial.close();
+
+  await new Promise((r) => setTimeout(r, 50));
+  await stillServes();
+});
+
+test('a client that cancels with RST_STREAM gets no answer on that stream; the next stream works', async () => {
+  const c = await RawH2Client.connect(fx.address);
+  try {
+    const done = c.expect(3);
+    const rst = Buffer.alloc(4);
+    rst.writeUInt32BE(8, 0);
+    c.write(
+      Buffer.concat([
+        frame(FRAME.HEADERS, 0x4, 1, grpcRequestBlock('/t.Test/Wait', localhost)),
+        frame(FRAME.DATA, 0x1, 1, grpcFrame(Buffer.from('gone'))),
+        frame(FRAME.RST_STREAM, 0, 1, rst),
+        frame(FRAME.HEADERS, 0x4, 3, echoBlock),
+        frame(FRAME.DATA, 0x1, 3, grpcFrame(Buffer.from('next'))),
+      ]),
+    );
+    const r = await done;
+    assert.equal(messageOf(r).toString(), 'next');
+    await new Promise((r2) => setTimeout(r2, 50));
+    const seen = c as unknown as { streams: Map<number, unknown> };
+    assert.equal(seen.streams.size, 0);
+  } finally {
+    c.close();
+  }
+});
