@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { request } from 'undici';
 import { EtcdClient, prefixRangeEnd, type KeyValue } from '../../src/etcd/client.js';
 import { readSnapshot } from '../../src/etcd/snapshot.js';
 import { BboltFile } from '../../src/etcd/bbolt.js';
@@ -39,6 +40,18 @@ describe('etcd snapshot reader (bbolt, no etcd needed)', () => {
     for (let i = 100; i < 150; i++) await client.delete(enc(`/registry/secrets/ns/s${String(i).padStart(5, '0')}`));
     await client.delete(enc('/registry/configmaps/big/c0'));
     await client.put(enc('/registry/configmaps/big/c0'), enc('recreated'));
+    // keys attached to a lease (kube-apiserver does this for events): lease IDs are int64s above 2^53
+    const grant = await request(`${etcd.endpoint}/v3/lease/grant`, { method: 'POST', body: JSON.stringify({ TTL: 3600 }) });
+    const leaseId = ((await grant.body.json()) as { ID: string }).ID;
+    assert.ok(BigInt(leaseId) > BigInt(Number.MAX_SAFE_INTEGER), `lease ID ${leaseId} exercises a large varint`);
+    for (let i = 0; i < 3; i++) {
+      const put = await request(`${etcd.endpoint}/v3/kv/put`, {
+        method: 'POST',
+        body: JSON.stringify({ key: enc(`/registry/events/ns/e${i}`).toString('base64'), value: enc(`event-${i}`).toString('base64'), lease: leaseId }),
+      });
+      assert.equal(put.statusCode, 200);
+      await put.body.text();
+    }
     expected = await liveAll(client);
     snapshotFile = join(etcd.dir, 'backup.db');
     execFileSync(etcdBinary('etcdctl'), ['--endpoints', etcd.endpoint, 'snapshot', 'save', snapshotFile], {
@@ -53,7 +66,7 @@ describe('etcd snapshot reader (bbolt, no etcd needed)', () => {
   test('returns exactly the live keys and values at the time of the snapshot', () => {
     const got = readSnapshot(snapshotFile);
     assert.equal(got.length, expected.length);
-    assert.equal(got.length, 2500 - 50 + 20);
+    assert.equal(got.length, 2500 - 50 + 20 + 3);
     for (let i = 0; i < got.length; i++) {
       assert.deepEqual(got[i]!.key, expected[i]!.key);
       assert.deepEqual(got[i]!.value, expected[i]!.value, `value of ${expected[i]!.key.toString()}`);
