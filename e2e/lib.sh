@@ -193,9 +193,10 @@ plugin_key_id() {
 
 # start_apiserver [encryption-config-file]   (no file: encryption at rest disabled)
 start_apiserver() {
-  local config="${1:-}" args=()
+  local config="${1:-}" args=() shown=none
   if [[ -n "$config" ]]; then
     args+=("--encryption-provider-config=$config")
+    shown="${config##*/}"
   fi
   APISERVER_PORT="${APISERVER_PORT:-$(free_port)}"
   echo "--- start $(date -u +%T) config=${config:-none}" >>"$W/apiserver.log"
@@ -218,7 +219,7 @@ start_apiserver() {
     (( SECONDS < deadline )) || fail "kube-apiserver not ready after 120s"
     sleep 0.5
   done
-  say "kube-apiserver ready on https://127.0.0.1:$APISERVER_PORT (pid $APISERVER_PID, config ${config##*/}, $(( SECONDS - deadline + 120 ))s)"
+  say "kube-apiserver ready on https://127.0.0.1:$APISERVER_PORT (pid $APISERVER_PID, config $shown, $(( SECONDS - deadline + 120 ))s)"
 }
 stop_apiserver() {
   stop_pid "$APISERVER_PID" TERM

@@ -277,10 +277,12 @@ say "\$ atrest rewrite --via-api --kubeconfig kubeconfig --resource secrets --co
 assert_exit 0 "atrest rewrite --via-api" -- \
   atrest rewrite --via-api --kubeconfig "$W/kubeconfig" --resource secrets --concurrency 8 -o json
 stop_writers
-say "summary: $(cat "$W/last.out")"
+say "summary: $(json_get 'd' < "$W/last.out")"
 assert_eq 0 "$(json_get 'd.failed.length' < "$W/last.out")" "failed patches"
-(( $(json_get 'd.rewritten' < "$W/last.out") >= 240 )) || fail "expected ≥ 240 rewritten objects"
-say "ok: $(json_get 'd.rewritten' < "$W/last.out") objects rewritten, $(json_get 'd.patched' < "$W/last.out") patched"
+assert_eq "$(json_get 'd.listed' < "$W/last.out")" "$(json_get 'd.patched + d.gone' < "$W/last.out")" \
+  "patched + gone (deleted by a writer meanwhile) = listed"
+# writers that annotated a Secret first re-encrypted it themselves, so rewritten ≤ 240
+say "ok: $(json_get 'd.rewritten' < "$W/last.out") objects rewritten by the patches"
 assert_all_stored "$V2_PREFIX"
 assert_all_read_back
 

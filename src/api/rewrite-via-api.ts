@@ -110,9 +110,12 @@ const MAX_ATTEMPTS = 5;
 const CHECKPOINT_INTERVAL_MS = 1000;
 const METADATA_LIST_ACCEPT =
   'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json';
-const METADATA_ACCEPT = 'application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json';
+const METADATA_ACCEPT =
+  'application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json';
 
-export async function runRewriteViaApi(options: RewriteViaApiOptions): Promise<RewriteViaApiSummary> {
+export async function runRewriteViaApi(
+  options: RewriteViaApiOptions,
+): Promise<RewriteViaApiSummary> {
   assertOptions(options);
   const { logger } = options;
   const client = await createApiClient(options);
@@ -173,7 +176,12 @@ export async function runRewriteViaApi(options: RewriteViaApiOptions): Promise<R
           interrupted = true;
           break;
         }
-        const page = await listPage(client, info, options.pageSize ?? DEFAULT_PAGE_SIZE, continueToken);
+        const page = await listPage(
+          client,
+          info,
+          options.pageSize ?? DEFAULT_PAGE_SIZE,
+          continueToken,
+        );
         if (page === 'expired') {
           counters.restarts++;
           logger.warn('list continue token expired; restarting the list', {
@@ -236,15 +244,21 @@ export async function runRewriteViaApi(options: RewriteViaApiOptions): Promise<R
             while (doneUpTo + 1 < todo.length && done[doneUpTo + 1]) doneUpTo++;
             if (doneUpTo >= 0) watermark = todo[doneUpTo]!.key;
             progress('object');
-            if (watermark !== undefined && Date.now() - lastCheckpointAt >= CHECKPOINT_INTERVAL_MS) {
+            if (
+              watermark !== undefined &&
+              Date.now() - lastCheckpointAt >= CHECKPOINT_INTERVAL_MS
+            ) {
               lastCheckpointAt = Date.now();
               await saveCheckpoint({ resource: info.resource, after: watermark });
             }
           }
         };
-        await Promise.all(Array.from({ length: Math.min(options.concurrency, todo.length) }, worker));
+        await Promise.all(
+          Array.from({ length: Math.min(options.concurrency, todo.length) }, worker),
+        );
         if (doneUpTo >= 0) dispatchedUpTo = todo[doneUpTo]!.key;
-        if (watermark !== undefined) await saveCheckpoint({ resource: info.resource, after: watermark });
+        if (watermark !== undefined)
+          await saveCheckpoint({ resource: info.resource, after: watermark });
         if (interrupted) break;
         if (page.continueToken === undefined) break;
         continueToken = page.continueToken;
@@ -311,7 +325,12 @@ function compareKeys(a: string, b: string): number {
 // The API client: kubeconfig credentials from @kubernetes/client-node, a keep-alive agent of our own.
 
 interface ApiClient {
-  request(method: string, path: string, headers: http.OutgoingHttpHeaders, body?: string): Promise<HttpResult>;
+  request(
+    method: string,
+    path: string,
+    headers: http.OutgoingHttpHeaders,
+    body?: string,
+  ): Promise<HttpResult>;
   close(): void;
 }
 
@@ -322,9 +341,13 @@ async function createApiClient(options: RewriteViaApiOptions): Promise<ApiClient
     else kc.loadFromDefault();
     if (options.context !== undefined) kc.setCurrentContext(options.context);
   } catch (err) {
-    throw new AtrestError('ERR_CONFIG_UNREADABLE', `cannot load the kubeconfig: ${messageOf(err)}`, {
-      cause: err,
-    });
+    throw new AtrestError(
+      'ERR_CONFIG_UNREADABLE',
+      `cannot load the kubeconfig: ${messageOf(err)}`,
+      {
+        cause: err,
+      },
+    );
   }
   const cluster = kc.getCurrentCluster();
   if (cluster === null) {
@@ -345,7 +368,9 @@ async function createApiClient(options: RewriteViaApiOptions): Promise<ApiClient
         ...(tls.ca === undefined ? {} : { ca: tls.ca }),
         ...(tls.cert === undefined ? {} : { cert: tls.cert }),
         ...(tls.key === undefined ? {} : { key: tls.key }),
-        ...(tls.rejectUnauthorized === undefined ? {} : { rejectUnauthorized: tls.rejectUnauthorized }),
+        ...(tls.rejectUnauthorized === undefined
+          ? {}
+          : { rejectUnauthorized: tls.rejectUnauthorized }),
         ...(tls.servername === undefined ? {} : { servername: tls.servername }),
       })
     : new http.Agent(agentOptions);
@@ -358,7 +383,8 @@ async function createApiClient(options: RewriteViaApiOptions): Promise<ApiClient
       await kc.applyToHTTPSOptions(auth);
       const authHeaders: http.OutgoingHttpHeaders = {};
       const given = (auth.headers ?? {}) as http.OutgoingHttpHeaders;
-      if (given['Authorization'] !== undefined) authHeaders['Authorization'] = given['Authorization'];
+      if (given['Authorization'] !== undefined)
+        authHeaders['Authorization'] = given['Authorization'];
       if (auth.auth !== undefined && auth.auth !== null) {
         authHeaders['Authorization'] = `Basic ${Buffer.from(auth.auth).toString('base64')}`;
       }
@@ -381,7 +407,11 @@ async function createApiClient(options: RewriteViaApiOptions): Promise<ApiClient
             const chunks: Buffer[] = [];
             res.on('data', (c: Buffer) => chunks.push(c));
             res.on('end', () =>
-              resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
+              resolve({
+                status: res.statusCode ?? 0,
+                headers: res.headers,
+                body: Buffer.concat(chunks),
+              }),
             );
             res.on('error', reject);
           },
@@ -400,7 +430,10 @@ async function createApiClient(options: RewriteViaApiOptions): Promise<ApiClient
 /** Status.message of an API error body, or the HTTP status text. Never echoes object data. */
 function apiReason(result: HttpResult): string {
   try {
-    const status = JSON.parse(result.body.toString('utf8')) as { message?: unknown; reason?: unknown };
+    const status = JSON.parse(result.body.toString('utf8')) as {
+      message?: unknown;
+      reason?: unknown;
+    };
     if (typeof status.message === 'string') return status.message;
     if (typeof status.reason === 'string') return status.reason;
   } catch {
@@ -416,7 +449,8 @@ async function discover(client: ApiClient, resource: string): Promise<ResourceIn
   let basePath = '/api/v1';
   if (group !== '') {
     const g = await getJson(client, `/apis/${group}`, `API group "${group}"`);
-    const preferred = (g as { preferredVersion?: { groupVersion?: unknown } }).preferredVersion?.groupVersion;
+    const preferred = (g as { preferredVersion?: { groupVersion?: unknown } }).preferredVersion
+      ?.groupVersion;
     if (typeof preferred !== 'string') {
       throw new AtrestError('ERR_API', `API group "${group}" has no preferred version`);
     }
@@ -427,7 +461,10 @@ async function discover(client: ApiClient, resource: string): Promise<ResourceIn
   };
   const entry = (list.resources ?? []).find((r) => r.name === plural);
   if (entry === undefined) {
-    throw new AtrestError('ERR_API', `the API server does not serve resource "${resource}" (${basePath})`);
+    throw new AtrestError(
+      'ERR_API',
+      `the API server does not serve resource "${resource}" (${basePath})`,
+    );
   }
   const verbs = Array.isArray(entry.verbs) ? entry.verbs : [];
   for (const verb of ['list', 'patch']) {
@@ -439,9 +476,7 @@ async function discover(client: ApiClient, resource: string): Promise<ResourceIn
 }
 
 async function getJson(client: ApiClient, path: string, what: string): Promise<unknown> {
-  const res = await withRetries(() =>
-    client.request('GET', path, { Accept: 'application/json' }),
-  );
+  const res = await withRetries(() => client.request('GET', path, { Accept: 'application/json' }));
   if (res.status !== 200) {
     throw new AtrestError('ERR_API', `cannot read ${what}: ${res.status} ${apiReason(res)}`);
   }
@@ -457,12 +492,17 @@ async function listPage(
   const query = new URLSearchParams({ limit: String(limit) });
   if (continueToken !== undefined) query.set('continue', continueToken);
   const res = await withRetries(() =>
-    client.request('GET', `${info.basePath}/${info.plural}?${query}`, { Accept: METADATA_LIST_ACCEPT }),
+    client.request('GET', `${info.basePath}/${info.plural}?${query}`, {
+      Accept: METADATA_LIST_ACCEPT,
+    }),
   );
   // 410 Gone (reason Expired): the continue token's resourceVersion was compacted away.
   if (res.status === 410 && continueToken !== undefined) return 'expired';
   if (res.status !== 200) {
-    throw new AtrestError('ERR_API', `cannot list ${info.resource}: ${res.status} ${apiReason(res)}`);
+    throw new AtrestError(
+      'ERR_API',
+      `cannot list ${info.resource}: ${res.status} ${apiReason(res)}`,
+    );
   }
   const list = JSON.parse(res.body.toString('utf8')) as {
     metadata?: { continue?: unknown };
@@ -477,7 +517,8 @@ async function listPage(
     items.push({
       name,
       ...(ns === undefined ? {} : { namespace: ns }),
-      resourceVersion: typeof item.metadata?.resourceVersion === 'string' ? item.metadata.resourceVersion : '',
+      resourceVersion:
+        typeof item.metadata?.resourceVersion === 'string' ? item.metadata.resourceVersion : '',
       key: ns === undefined ? name : `${ns}/${name}`,
     });
   }
@@ -518,8 +559,11 @@ async function patchObject(
   if (res.status !== 200) return { kind: 'failed', status: res.status, reason: apiReason(res) };
   let resourceVersion = '';
   try {
-    const obj = JSON.parse(res.body.toString('utf8')) as { metadata?: { resourceVersion?: unknown } };
-    if (typeof obj.metadata?.resourceVersion === 'string') resourceVersion = obj.metadata.resourceVersion;
+    const obj = JSON.parse(res.body.toString('utf8')) as {
+      metadata?: { resourceVersion?: unknown };
+    };
+    if (typeof obj.metadata?.resourceVersion === 'string')
+      resourceVersion = obj.metadata.resourceVersion;
   } catch {
     // an unparseable success body still means the patch was accepted
   }
@@ -540,7 +584,10 @@ async function withRetries(call: () => Promise<HttpResult>): Promise<HttpResult>
       error = err;
     }
     const retriable =
-      result === undefined || result.status === 409 || result.status === 429 || result.status >= 500;
+      result === undefined ||
+      result.status === 409 ||
+      result.status === 429 ||
+      result.status >= 500;
     if (!retriable || attempt >= MAX_ATTEMPTS) {
       if (result !== undefined) return result;
       throw error;
@@ -584,19 +631,32 @@ async function readCheckpoint(options: RewriteViaApiOptions): Promise<Checkpoint
     text = await readFile(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new AtrestError('ERR_CHECKPOINT_INVALID', `cannot read the resume file ${file}: ${messageOf(err)}`, {
-      cause: err,
-    });
+    throw new AtrestError(
+      'ERR_CHECKPOINT_INVALID',
+      `cannot read the resume file ${file}: ${messageOf(err)}`,
+      {
+        cause: err,
+      },
+    );
   }
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (err) {
-    throw new AtrestError('ERR_CHECKPOINT_INVALID', `the resume file ${file} is not JSON`, { cause: err });
+    throw new AtrestError('ERR_CHECKPOINT_INVALID', `the resume file ${file} is not JSON`, {
+      cause: err,
+    });
   }
   const c = parsed as Partial<Checkpoint>;
-  if (c.kind !== 'atrest-rewrite-via-api-checkpoint' || c.version !== 1 || !Array.isArray(c.resources)) {
-    throw new AtrestError('ERR_CHECKPOINT_INVALID', `the resume file ${file} is not an atrest rewrite checkpoint`);
+  if (
+    c.kind !== 'atrest-rewrite-via-api-checkpoint' ||
+    c.version !== 1 ||
+    !Array.isArray(c.resources)
+  ) {
+    throw new AtrestError(
+      'ERR_CHECKPOINT_INVALID',
+      `the resume file ${file} is not an atrest rewrite checkpoint`,
+    );
   }
   if (c.resources.join(',') !== options.resources.join(',')) {
     throw new AtrestError(
@@ -604,9 +664,13 @@ async function readCheckpoint(options: RewriteViaApiOptions): Promise<Checkpoint
       `the resume file ${file} is for resources ${c.resources.join(',')}, not ${options.resources.join(',')}`,
     );
   }
-  const completed = Array.isArray(c.completed) ? c.completed.filter((r) => typeof r === 'string') : [];
+  const completed = Array.isArray(c.completed)
+    ? c.completed.filter((r) => typeof r === 'string')
+    : [];
   const current =
-    c.current !== undefined && typeof c.current.resource === 'string' && typeof c.current.after === 'string'
+    c.current !== undefined &&
+    typeof c.current.resource === 'string' &&
+    typeof c.current.after === 'string'
       ? { resource: c.current.resource, after: c.current.after }
       : undefined;
   return {

@@ -20,22 +20,6 @@ export function createKmsDialer(): BuildDeps {
   };
 }
 
-/**
- * Awaits `close` while a (referenced) timer keeps the process alive. The KMS clients unref their idle
- * HTTP/2 sessions; awaiting their close as the last thing a command does would otherwise let Node exit
- * mid-await with status 0, silently dropping an error still on its way to the exit-code handler.
- */
-export async function closeKeepingAlive(close: () => Promise<void>, maxMs = 3000): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    close().catch(() => undefined),
-    new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, maxMs);
-    }),
-  ]);
-  clearTimeout(timer);
-}
-
 export interface EncryptionContext {
   readonly config: EncryptionConfiguration;
   /** sha256:<hex> of the configuration file's bytes. */
@@ -77,7 +61,7 @@ export async function openEncryption(options: OpenEncryptionOptions): Promise<En
       }
     }
   } catch (err) {
-    await closeKeepingAlive(() => built.close());
+    await built.close();
     throw err;
   }
   const kmsV2KeyID = (name: string): string | undefined => {
@@ -88,5 +72,5 @@ export async function openEncryption(options: OpenEncryptionOptions): Promise<En
     transformerFor: (gr) => built.transformerFor(gr),
     kmsV2KeyID,
   });
-  return { config, configHash, built, policies, warnings, close: () => closeKeepingAlive(() => built.close()) };
+  return { config, configHash, built, policies, warnings, close: () => built.close() };
 }

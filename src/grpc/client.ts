@@ -284,6 +284,9 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
       if (s === undefined || s.destroyed) return;
       await new Promise<void>((resolve) => {
         s.once('close', () => resolve());
+        // An idle session is unref'd; a caller awaiting close() must keep the process alive until
+        // it is done, or Node exits mid-await and whatever the caller does next never happens.
+        s.ref();
         s.close();
         setTimeout(() => s.destroy(), 1000).unref();
       });

@@ -335,7 +335,7 @@ class Connection {
   // --- output ---
 
   send(bytes: Buffer): void {
-    if (this.destroyed) return;
+    if (this.destroyed || this.socket.writableEnded) return;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
@@ -852,6 +852,9 @@ class Connection {
 
   private succeeded(stream: Stream, response: Uint8Array): void {
     if (stream.finished) return;
+    if (!(response instanceof Uint8Array)) {
+      return this.failed(stream, new TypeError('the handler did not return bytes'));
+    }
     if (stream.localEnded || this.destroyed) {
       return this.finish(stream, GRPC_CODE.CANCELLED, 'stream closed');
     }

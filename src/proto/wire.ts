@@ -104,6 +104,15 @@ class Reader {
     throw malformed('varint longer than 10 bytes');
   }
 
+  /** Skips a varint of any value (an unknown int64 field may exceed 2^53). */
+  private skipVarint(): void {
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.end) throw malformed('truncated varint');
+      if ((this.buf[this.pos++]! & 0x80) === 0) return;
+    }
+    throw malformed('varint longer than 10 bytes');
+  }
+
   bytes(): Uint8Array {
     const len = this.varint();
     if (len > this.end - this.pos) throw malformed('length-delimited field runs past the end');
@@ -115,7 +124,7 @@ class Reader {
   skip(wireType: number): void {
     switch (wireType) {
       case WIRE_VARINT:
-        this.varint();
+        this.skipVarint();
         return;
       case WIRE_I64:
         this.advance(8);

@@ -46,18 +46,26 @@ export function freePort(): Promise<number> {
   });
 }
 
-async function waitUntil(what: string, timeoutMs: number, check: () => boolean, alive?: ChildProcess): Promise<void> {
+async function waitUntil(
+  what: string,
+  timeoutMs: number,
+  check: () => boolean,
+  alive?: ChildProcess,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (check()) return;
-    if (alive !== undefined && alive.exitCode !== null) throw new Error(`${what}: the process exited (${alive.exitCode})`);
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (alive !== undefined && alive.exitCode !== null)
+      throw new Error(`${what}: the process exited (${alive.exitCode})`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 300));
   }
 }
 
 function stopChild(child: ChildProcess | undefined): Promise<void> {
-  if (child === undefined || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  if (child === undefined || child.exitCode !== null || child.signalCode !== null)
+    return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
     child.once('exit', () => {
@@ -110,26 +118,76 @@ export async function startControlPlane(): Promise<ControlPlane> {
   };
 
   try {
-    await waitUntil('etcd', 30_000, () => {
-      try {
-        etcdctl(['endpoint', 'health']);
-        return true;
-      } catch {
-        return false;
-      }
-    }, etcd);
+    await waitUntil(
+      'etcd',
+      30_000,
+      () => {
+        try {
+          etcdctl(['endpoint', 'health']);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      etcd,
+    );
 
     const ssl = (args: string[]): void => {
       execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
     };
-    ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=atrest-test-ca', '-keyout', 'ca.key', '-out', 'ca.crt']);
-    ssl(['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=kube-apiserver', '-keyout', 'server.key', '-out', 'server.csr']);
+    ssl([
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      '/CN=atrest-test-ca',
+      '-keyout',
+      'ca.key',
+      '-out',
+      'ca.crt',
+    ]);
+    ssl([
+      'req',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-subj',
+      '/CN=kube-apiserver',
+      '-keyout',
+      'server.key',
+      '-out',
+      'server.csr',
+    ]);
     writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-    ssl(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', 'san.ext', '-out', 'server.crt']);
+    ssl([
+      'x509',
+      '-req',
+      '-in',
+      'server.csr',
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-extfile',
+      'san.ext',
+      '-out',
+      'server.crt',
+    ]);
     ssl(['genrsa', '-out', 'sa.key', '2048']);
     ssl(['rsa', '-in', 'sa.key', '-pubout', '-out', 'sa.pub']);
     const token = randomBytes(24).toString('hex');
-    writeFileSync(join(dir, 'tokens.csv'), `${token},test-admin,test-admin-uid,"system:masters"\n`, { mode: 0o600 });
+    writeFileSync(
+      join(dir, 'tokens.csv'),
+      `${token},test-admin,test-admin-uid,"system:masters"\n`,
+      { mode: 0o600 },
+    );
     writeFileSync(
       kubeconfig,
       [
@@ -182,24 +240,34 @@ export async function startControlPlane(): Promise<ControlPlane> {
         '--profiling=false',
         // lists and continue tokens come from etcd, so compacting etcd expires them (410 Gone)
         '--watch-cache=false',
-        ...(encryptionConfig === undefined ? [] : [`--encryption-provider-config=${encryptionConfig}`]),
+        ...(encryptionConfig === undefined
+          ? []
+          : [`--encryption-provider-config=${encryptionConfig}`]),
       ],
       { stdio: ['ignore', fd, fd] },
     );
     closeSync(fd);
     apiserver = child;
     try {
-      await waitUntil('kube-apiserver /readyz', 120_000, () => {
-        try {
-          kubectl(['get', '--raw', '/readyz']);
-          kubectl(['get', 'namespace', 'default']);
-          return true;
-        } catch {
-          return false;
-        }
-      }, child);
+      await waitUntil(
+        'kube-apiserver /readyz',
+        120_000,
+        () => {
+          try {
+            kubectl(['get', '--raw', '/readyz']);
+            kubectl(['get', 'namespace', 'default']);
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        child,
+      );
     } catch (err) {
-      const log = readFileSync(join(dir, 'apiserver.log'), 'utf8').split('\n').slice(-12).join('\n');
+      const log = readFileSync(join(dir, 'apiserver.log'), 'utf8')
+        .split('\n')
+        .slice(-12)
+        .join('\n');
       throw new Error(`${(err as Error).message}; last lines of apiserver.log:\n${log}`);
     }
   };

@@ -11,7 +11,12 @@ import { randomBytes } from 'node:crypto';
 import { runRewriteViaApi, type RewriteViaApiOptions } from '../../src/api/rewrite-via-api.js';
 import { silentLogger } from '../../src/logger.js';
 import { AtrestError } from '../../src/errors.js';
-import { CACHE_BIN, startControlPlane, storedPrefixes, type ControlPlane } from './control-plane.js';
+import {
+  CACHE_BIN,
+  startControlPlane,
+  storedPrefixes,
+  type ControlPlane,
+} from './control-plane.js';
 
 const NAMESPACES = ['rw-a', 'rw-b', 'rw-c'];
 const PER_NAMESPACE = 40;
@@ -33,7 +38,10 @@ function writeConfig(file: string, keys: readonly [string, string][]): string {
       '    providers:',
       '      - aescbc:',
       '          keys:',
-      ...keys.flatMap(([name, secret]) => [`            - name: ${name}`, `              secret: ${secret}`]),
+      ...keys.flatMap(([name, secret]) => [
+        `            - name: ${name}`,
+        `              secret: ${secret}`,
+      ]),
       '      - identity: {}',
       '',
     ].join('\n'),
@@ -135,8 +143,13 @@ describe('runRewriteViaApi', () => {
     assert.equal(summary.patched, TOTAL);
     assert.equal(summary.rewritten, 0);
     const revisions = (json: string): string[] =>
-      (JSON.parse(json) as { kvs: { mod_revision: number }[] }).kvs.map((kv) => String(kv.mod_revision));
-    assert.deepEqual(revisions(cp.etcdctl(['get', '--prefix', PREFIX, '-w', 'json'])), revisions(before));
+      (JSON.parse(json) as { kvs: { mod_revision: number }[] }).kvs.map((kv) =>
+        String(kv.mod_revision),
+      );
+    assert.deepEqual(
+      revisions(cp.etcdctl(['get', '--prefix', PREFIX, '-w', 'json'])),
+      revisions(before),
+    );
   });
 
   test('restarts the list when its continue token expired and patches each object once', async () => {
@@ -149,8 +162,11 @@ describe('runRewriteViaApi', () => {
           compacted = true;
           // one more revision, then compact everything before it: the page's continue token is gone
           cp.etcdctl(['put', '/atrest-test/bump', String(Date.now())]);
-          const rev = (JSON.parse(cp.etcdctl(['endpoint', 'status', '-w', 'json'])) as { Status: { header: { revision: number } } }[])[0]!
-            .Status.header.revision;
+          const rev = (
+            JSON.parse(cp.etcdctl(['endpoint', 'status', '-w', 'json'])) as {
+              Status: { header: { revision: number } };
+            }[]
+          )[0]!.Status.header.revision;
           cp.etcdctl(['compact', String(rev)]);
         },
       }),
@@ -180,7 +196,9 @@ describe('runRewriteViaApi', () => {
     );
     assert.equal(first.interrupted, true);
     assert.ok(first.patched >= 50 && first.patched < TOTAL, `first run patched ${first.patched}`);
-    const checkpoint = JSON.parse(readFileSync(resumeFile, 'utf8')) as { current: { resource: string; after: string } };
+    const checkpoint = JSON.parse(readFileSync(resumeFile, 'utf8')) as {
+      current: { resource: string; after: string };
+    };
     assert.equal(checkpoint.current.resource, 'secrets');
     assert.match(checkpoint.current.after, /^rw-[a-c]\/s-\d{3}$/);
 
@@ -198,7 +216,12 @@ describe('runRewriteViaApi', () => {
     const resumeFile = join(cp.dir, 'other.json');
     writeFileSync(
       resumeFile,
-      JSON.stringify({ kind: 'atrest-rewrite-via-api-checkpoint', version: 1, resources: ['configmaps'], completed: [] }),
+      JSON.stringify({
+        kind: 'atrest-rewrite-via-api-checkpoint',
+        version: 1,
+        resources: ['configmaps'],
+        completed: [],
+      }),
     );
     await assert.rejects(runRewriteViaApi(options({ resumeFile })), (err: unknown) => {
       assert.ok(err instanceof AtrestError);
@@ -243,7 +266,10 @@ describe('runRewriteViaApi', () => {
         ],
         {
           stdio: 'ignore',
-          env: { ...process.env, KUBECTL: `${join(CACHE_BIN, 'kubectl')} --kubeconfig=${cp.kubeconfig}` },
+          env: {
+            ...process.env,
+            KUBECTL: `${join(CACHE_BIN, 'kubectl')} --kubeconfig=${cp.kubeconfig}`,
+          },
         },
       ),
     );
@@ -270,10 +296,13 @@ describe('runRewriteViaApi', () => {
   });
 
   test('rejects a resource the API server does not serve', async () => {
-    await assert.rejects(runRewriteViaApi(options({ resources: ['pandas.example.com'] })), (err: unknown) => {
-      assert.ok(err instanceof AtrestError);
-      assert.equal(err.code, 'ERR_API');
-      return true;
-    });
+    await assert.rejects(
+      runRewriteViaApi(options({ resources: ['pandas.example.com'] })),
+      (err: unknown) => {
+        assert.ok(err instanceof AtrestError);
+        assert.equal(err.code, 'ERR_API');
+        return true;
+      },
+    );
   });
 });

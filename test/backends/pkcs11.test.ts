@@ -1,14 +1,9 @@
 // The PKCS#11 backend against SoftHSM2 (Debian's softhsm2, installed by scripts/setup/20-softhsm.sh):
-// the test makes its own token in a temporary directory (SOFTHSM2_CONF + softhsm2-util) and its AES
-// keys through pkcs11js C_GenerateKey.
+// the test makes its own token and AES keys (softhsm.ts).
 
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { BackendError } from '../../src/errors.js';
@@ -20,83 +15,13 @@ import {
 } from '../../src/backends/remote.js';
 import { runBackendSuite } from './suite.js';
 import { replaceEnvelopeKeyID } from './envelope-edit.js';
-import { findTool } from './servers.js';
+import { createSoftHsmToken } from './softhsm.js';
 
-const TOKEN = 'atrest-test';
 const KEY_LABEL = 'atrest-kek';
-const PIN = '246810';
-
-function findModule(): string {
-  const candidates = [
-    '/usr/lib/softhsm/libsofthsm2.so',
-    '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so',
-  ];
-  const found = candidates.find((p) => existsSync(p));
-  if (found === undefined)
-    throw new Error('libsofthsm2.so not found; run "bash scripts/setup/20-softhsm.sh"');
-  return found;
-}
-
-const dir = mkdtempSync(join(tmpdir(), 'atrest-softhsm-'));
-after(() => rmSync(dir, { recursive: true, force: true }));
-const tokens = join(dir, 'tokens');
-execFileSync('mkdir', ['-p', tokens]);
-writeFileSync(
-  join(dir, 'softhsm2.conf'),
-  `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`,
-);
-// SoftHSM reads its configuration from here at C_Initialize; the backend under test runs in this process.
-process.env['SOFTHSM2_CONF'] = join(dir, 'softhsm2.conf');
-const MODULE = findModule();
-execFileSync(
-  findTool('softhsm2-util', '20-softhsm.sh'),
-  ['--init-token', '--free', '--label', TOKEN, '--pin', PIN, '--so-pin', '13579246'],
-  { env: process.env, stdio: 'ignore' },
-);
-const pinFile = join(dir, 'pin');
-writeFileSync(pinFile, PIN + '\n', { mode: 0o600 });
-
-let nextID = 0x20261128_01;
-/** Generates an AES-256 key in the token, as an operator would (by label, with a fresh CKA_ID). */
-function generateKey(label = KEY_LABEL): Buffer {
-  const admin = new pkcs11js.PKCS11();
-  admin.load(MODULE);
-  try {
-    admin.C_Initialize();
-  } catch (err) {
-    if ((err as { code?: number }).code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err;
-  }
-  const slot = admin
-    .C_GetSlotList(true)
-    .find((s) => admin.C_GetTokenInfo(s).label.trim() === TOKEN)!;
-  const session = admin.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-  try {
-    try {
-      admin.C_Login(session, pkcs11js.CKU_USER, PIN);
-    } catch (err) {
-      if ((err as { code?: number }).code !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw err;
-    }
-    const id = Buffer.alloc(8);
-    id.writeBigUInt64BE(BigInt(nextID++));
-    admin.C_GenerateKey(session, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-      { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
-      { type: pkcs11js.CKA_LABEL, value: label },
-      { type: pkcs11js.CKA_ID, value: id },
-      { type: pkcs11js.CKA_TOKEN, value: true },
-      { type: pkcs11js.CKA_PRIVATE, value: true },
-      { type: pkcs11js.CKA_SENSITIVE, value: true },
-      { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-      { type: pkcs11js.CKA_ENCRYPT, value: true },
-      { type: pkcs11js.CKA_DECRYPT, value: true },
-    ]);
-    return id;
-  } finally {
-    // Closing our session does not log the process out while a backend still has sessions open.
-    admin.C_CloseSession(session);
-  }
-}
+const token = createSoftHsmToken();
+after(() => token.remove());
+const { module: MODULE, tokenLabel: TOKEN, pin: PIN, pinFile } = token;
+const generateKey = (label = KEY_LABEL): Buffer => token.generateKey(label);
 
 generateKey();
 

@@ -220,3 +220,102 @@ test('a client that cancels with RST_STREAM gets no answer on that stream; the n
     c.close();
   }
 });
+
+test('refuses streams beyond 1,000 concurrent ones with REFUSED_STREAM and serves the rest', async () => {
+  const c = await RawH2Client.connect(fx.address);
+  try {
+    const waits = [];
+    const bytes = [];
+    for (let i = 0; i < 1001; i++) {
+      const id = 2 * i + 1;
+      waits.push(c.expect(id));
+      // HEADERS without END_STREAM: every stream stays open until its DATA arrives.
+      bytes.push(frame(FRAME.HEADERS, 0x4, id, grpcRequestBlock('/t.Test/Echo', localhost)));
+    }
+    c.write(Buffer.concat(bytes));
+    const refused = await waits[1000]!;
+    assert.equal(refused.rstCode, 7);
+    c.write(Buffer.concat(Array.from({ length: 1000 }, (_, i) => frame(FRAME.DATA, 0x1, 2 * i + 1, grpcFrame(Buffer.from(`s${i}`))))));
+    const rs = await Promise.all(waits.slice(0, 1000));
+    rs.forEach((r, i) => assert.equal(messageOf(r).toString(), `s${i}`));
+  } finally {
+    c.close();
+  }
+});
+
+test('a header block over the 16 KiB limit gets GOAWAY ENHANCE_YOUR_CALM on that connection only', async () => {
+  const c = await RawH2Client.connect(fx.address);
+  try {
+    const block = grpcRequestBlock('/t.Test/Echo', localhost, [hpackLiteral('without', 'x-big', 'v'.repeat(17_000))]);
+    const parts = [frame(FRAME.HEADERS, 0, 1, block.subarray(0, 16_000)), frame(FRAME.CONTINUATION, 0x4, 1, block.subarray(16_000))];
+    c.write(Buffer.concat(parts));
+    await new Promise<void>((resolve) => c.socket.once('close', () => resolve()));
+    assert.equal(c.goaway?.code, 0xb);
+  } finally {
+    c.close();
+  }
+  await stillServes();
+});
+
+test('a client GOAWAY: calls already sent are answered, then the server closes the connection', async () => {
+  const c = await RawH2Client.connect(fx.address);
+  try {
+    const done = c.expect(1);
+    const closed = new Promise<void>((resolve) => c.socket.once('close', () => resolve()));
+    c.write(
+      Buffer.concat([
+        frame(FRAME.HEADERS, 0x4, 1, grpcRequestBlock('/t.Test/Wait', localhost)),
+        frame(FRAME.DATA, 0x1, 1, grpcFrame(Buffer.from('last'))),
+        frame(FRAME.GOAWAY, 0, 0, Buffer.alloc(8)),
+      ]),
+    );
+    const r = await done;
+    assert.equal(statusOf(r), GRPC_CODE.OK);
+    assert.equal(messageOf(r).toString(), 'last');
+    await closed;
+    assert.equal(c.goaway?.code, 0);
+  } finally {
+    c.close();
+  }
+});
+
+test('a handler that resolves with something other than bytes gets UNKNOWN, not a crash', async () => {
+  const odd = await startFixture({
+    transport: 'lean',
+    maxMessageBytes: 1024,
+    handlers: new Map([['/t.Test/Odd', async () => 'not bytes' as unknown as Uint8Array]]),
+  });
+  const c = createGrpcClient({ address: odd.address });
+  try {
+    await assert.rejects(c.unary('/t.Test/Odd', Buffer.from('x'), { timeoutMs: 2000 }), (err: unknown) => {
+      assert.equal((err as { code?: number }).code, GRPC_CODE.UNKNOWN);
+      return true;
+    });
+  } finally {
+    await c.close();
+    await odd.cleanup();
+  }
+});
+
+test('survives 200 connections of random frames (after a valid preface) and keeps serving', async () => {
+  let seed = 0x2545f491;
+  const rand = (n: number): number => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed % n;
+  };
+  for (let conn = 0; conn < 200; conn++) {
+    const c = await RawH2Client.connect(fx.address);
+    const closed = new Promise<void>((resolve) => c.socket.once('close', () => resolve()));
+    const frames: Buffer[] = [];
+    for (let i = 0, n = 1 + rand(6); i < n; i++) {
+      const payload = Buffer.alloc(rand(40));
+      for (let j = 0; j < payload.length; j++) payload[j] = rand(256);
+      if (rand(3) === 0) payload.set(grpcRequestBlock('/t.Test/Echo', localhost).subarray(0, payload.length));
+      frames.push(frame(rand(12), rand(256), rand(4) === 0 ? 0 : 1 + 2 * rand(3), payload));
+    }
+    c.write(Buffer.concat(frames));
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 5))]);
+    c.close();
+  }
+  await stillServes();
+});

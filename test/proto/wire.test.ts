@@ -51,3 +51,9 @@ test('refuses truncated, mistyped and non-UTF-8 input with ERR_PROTO_MALFORMED',
     });
   }
 });
+
+test('skips an unknown varint field larger than 2^53 (an int64 such as an etcd lease id)', () => {
+  const bigVarint = Buffer.from([0x48, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+  const known = v1.VersionRequest.encode({ version: 'v1beta1' });
+  assert.equal(v1.VersionRequest.decode(Buffer.concat([bigVarint, known])).version, 'v1beta1');
+});
