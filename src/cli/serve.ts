@@ -188,7 +188,9 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     }
   }
 
-  const activeKeyID = await backend.currentKeyID();
+  // A remote key manager may be down at start: serve anyway; Status and /readyz report it until it
+  // returns, and the background self-test notices when it does.
+  const activeKeyID = await backend.currentKeyID().catch(() => undefined);
   if (flags.dev) {
     process.stdout.write(
       devBanner({
@@ -196,7 +198,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
         socketPath: endpoint.path,
         keyringPath: devKeyring?.path ?? String(flags.keyring),
         keyringCreated: devKeyring?.created ?? false,
-        activeKeyID,
+        activeKeyID: activeKeyID ?? '(key backend unavailable)',
         health:
           healthServer === undefined ? undefined : `${healthServer.host}:${healthServer.port}`,
       }),
@@ -231,7 +233,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
         metrics.keyringReload(true);
         logger.info('reloaded keys', {
           backend: backend.name,
-          activeKeyID: await backend.currentKeyID(),
+          activeKeyID: await backend.currentKeyID().catch(() => undefined),
         });
       } catch (err) {
         metrics.keyringReload(false);
