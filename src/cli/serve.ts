@@ -90,6 +90,10 @@ export function registerServe(program: Command, version: string): void {
 async function runServe(flags: ServeFlags, version: string): Promise<void> {
   const level: LogLevel = isLogLevel(flags.logLevel) ? flags.logLevel : 'info';
   const logger = createJsonLogger((line) => process.stderr.write(line), level);
+  // Keep stderr one JSON object per line: process warnings (e.g. an SDK's Node.js support notice)
+  // become log lines instead of Node's multi-line default output.
+  process.removeAllListeners('warning');
+  process.on('warning', (w) => logger.warn('process warning', { name: w.name, warning: w.message }));
   // SIGHUP's default action kills the process: ignore it until the real handler is installed (a
   // reload during start-up is moot, the keys are being read anyway).
   const ignoreHup = (): void => {};
