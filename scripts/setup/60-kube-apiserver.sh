@@ -23,6 +23,12 @@ link_all() {
   done
 }
 
+# The scenario makes its CA, serving certificate and service-account keys with openssl.
+if ! command -v openssl >/dev/null 2>&1; then
+  apt-get install -y --no-install-recommends openssl >/dev/null 2>&1 ||
+    { apt-get update >/dev/null && apt-get install -y --no-install-recommends openssl >/dev/null; }
+fi
+
 mkdir -p "$bin"
 if have_all; then
   link_all
