@@ -115,14 +115,17 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'atrest-bench-grpc-'));
   const self = fileURLToPath(import.meta.url);
   const refplugin = findRefPlugin();
+  const atrest = (name: string, mode: string, authority?: string) => ({
+    name,
+    ...(authority === undefined ? {} : { authority }),
+    start: (a: string) => spawn(process.execPath, [self, '--serve', a, mode], { stdio: 'ignore' }),
+  });
   const servers: { name: string; start: (address: string) => ChildProcess; authority?: string }[] = [
-    { name: 'atrest (normaliser on)', start: (a) => spawn(process.execPath, [self, '--serve', a], { stdio: 'ignore' }) },
-    {
-      name: 'atrest (normaliser on, raw-path :authority rewritten on every call)',
-      authority: '/var/run/kms.sock',
-      start: (a) => spawn(process.execPath, [self, '--serve', a], { stdio: 'ignore' }),
-    },
-    { name: 'atrest (normaliser off)', start: (a) => spawn(process.execPath, [self, '--serve', a, '--no-normalize'], { stdio: 'ignore' }) },
+    atrest('atrest lean HTTP/2 server (default)', 'lean'),
+    atrest('atrest lean, raw-path :authority', 'lean', '/var/run/kms.sock'),
+    atrest('atrest node:http2 + normaliser', 'node-http2'),
+    atrest('atrest node:http2 + normaliser, raw-path :authority rewritten', 'node-http2', '/var/run/kms.sock'),
+    atrest('atrest node:http2, normaliser off', 'node-http2-plain'),
   ];
   if (refplugin !== undefined) {
     const keyring = join(dir, 'ref-keyring.json');
@@ -193,14 +196,17 @@ async function main(): Promise<void> {
   console.log(`wrote ${out}`);
 }
 
-// --- server mode: `node grpc.bench.js --serve ADDRESS [--no-normalize]` ---
+// --- server mode: `node grpc.bench.js --serve ADDRESS lean|node-http2|node-http2-plain` ---
 
 function serve(): void {
   const address = process.argv[3]!;
-  const normalizeAuthority = !process.argv.includes('--no-normalize');
+  const mode = process.argv[4];
+  const transport = mode === 'lean' ? 'lean' : 'node-http2';
+  const normalizeAuthority = mode !== 'node-http2-plain';
   const version = VersionResponse.encode({ version: 'v1beta1', runtime_name: 'bench', runtime_version: '0' });
   const server = createGrpcServer({
     maxMessageBytes: 64 * 1024,
+    transport,
     normalizeAuthority,
     handlers: new Map([
       [V1BETA1_METHODS.version, async () => version],

@@ -7,8 +7,6 @@ import type { KeyBackend } from '../backends/backend.js';
 import type { Logger } from '../logger.js';
 import { createKeyringBackend } from '../backends/keyring.js';
 import { readFile } from 'node:fs/promises';
-import { parseBackendConfig } from '../backends/config.js';
-import { createConfiguredBackend } from '../backends/create.js';
 
 /** Every serve flag as commander parsed it (backend-specific flags included). */
 export type BackendFlags = Readonly<Record<string, unknown>>;
@@ -37,6 +35,9 @@ async function remoteBackend(name: string, { flags, logger }: BackendContext): P
   } catch (err) {
     throw new AtrestError('ERR_CONFIG_UNREADABLE', `cannot read ${path}`, { cause: err });
   }
+  // Loaded only when asked for: the AWS SDK and the PKCS#11 addon cost start-up time.
+  const { parseBackendConfig } = await import('../backends/config.js');
+  const { createConfiguredBackend } = await import('../backends/create.js');
   return createConfiguredBackend(parseBackendConfig(text, path, name), {
     env: process.env,
     readFile: (p) => readFile(p, 'utf8'),
