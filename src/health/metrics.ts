@@ -24,7 +24,17 @@ function formatNumber(n: number): string {
   return Number.isInteger(n) ? String(n) : String(Number(n.toPrecision(12)));
 }
 
-function keyOf(names: readonly string[], labels: Labels): string[] {
+/**
+ * The series key for a label set, on the hot path of every RPC: one string concatenation, no
+ * allocation beyond it. Unexpected label names are checked only when a new series is created.
+ */
+function seriesKey(names: readonly string[], labels: Labels): string {
+  let key = '';
+  for (const n of names) key += (labels[n] ?? '') + '\u0000';
+  return key;
+}
+
+function labelValues(names: readonly string[], labels: Labels): string[] {
   const extra = Object.keys(labels).filter((k) => !names.includes(k));
   if (extra.length > 0) throw new TypeError(`unexpected labels ${extra.join(',')}`);
   return names.map((n) => labels[n] ?? '');
@@ -79,11 +89,10 @@ export function createRegistry(): Registry {
     });
     return {
       get(labels: Labels) {
-        const key = keyOf(labelNames, labels);
-        const id = JSON.stringify(key);
+        const id = seriesKey(labelNames, labels);
         let s = values.get(id);
         if (s === undefined) {
-          s = { labels: key, value: 0 };
+          s = { labels: labelValues(labelNames, labels), value: 0 };
           values.set(id, s);
         }
         return s;
@@ -131,8 +140,11 @@ export function createRegistry(): Registry {
         render() {
           let out = `# HELP ${name} ${help}\n# TYPE ${name} histogram\n`;
           for (const s of values.values()) {
+            // counts are per bucket (not cumulative) so observe() stops at the first match
+            let cumulative = 0;
             buckets.forEach((le, i) => {
-              out += `${name}_bucket${labelText(labelNames, s.labels, `le="${formatNumber(le)}"`)} ${s.counts[i]}\n`;
+              cumulative += s.counts[i]!;
+              out += `${name}_bucket${labelText(labelNames, s.labels, `le="${formatNumber(le)}"`)} ${cumulative}\n`;
             });
             out += `${name}_bucket${labelText(labelNames, s.labels, 'le="+Inf"')} ${s.count}\n`;
             out += `${name}_sum${labelText(labelNames, s.labels)} ${formatNumber(s.sum)}\n`;
@@ -143,16 +155,18 @@ export function createRegistry(): Registry {
       });
       return {
         observe(value, labels = {}) {
-          const key = keyOf(labelNames, labels);
-          const id = JSON.stringify(key);
+          const id = seriesKey(labelNames, labels);
           let s = values.get(id);
           if (s === undefined) {
-            s = { labels: key, counts: buckets.map(() => 0), sum: 0, count: 0 };
+            s = { labels: labelValues(labelNames, labels), counts: buckets.map(() => 0), sum: 0, count: 0 };
             values.set(id, s);
           }
-          buckets.forEach((le, i) => {
-            if (value <= le) s.counts[i]! += 1;
-          });
+          for (let i = 0; i < buckets.length; i++) {
+            if (value <= buckets[i]!) {
+              s.counts[i]! += 1;
+              break;
+            }
+          }
           s.sum += value;
           s.count += 1;
         },

@@ -97,11 +97,22 @@ export function createPluginMetrics(build: {
     () => Math.round(startSeconds),
   );
 
+  // Parsed once per method path; the set is bounded (the transport reports unknown paths as 'unknown').
+  const methodLabelCache = new Map<string, { service: string; method: string }>();
+  const methodLabels = (method: string): { service: string; method: string } => {
+    let labels = methodLabelCache.get(method);
+    if (labels === undefined) {
+      const m = KNOWN_METHOD.exec(method);
+      labels = { service: m?.[1] ?? 'unknown', method: m?.[2] ?? 'unknown' };
+      if (m !== null) methodLabelCache.set(method, labels);
+    }
+    return labels;
+  };
+
   return {
     registry,
     recordCall(method, code, durationSeconds) {
-      const m = KNOWN_METHOD.exec(method);
-      const labels = { service: m?.[1] ?? 'unknown', method: m?.[2] ?? 'unknown' };
+      const labels = methodLabels(method);
       requests.inc({ ...labels, code });
       latency.observe(durationSeconds, labels);
     },
