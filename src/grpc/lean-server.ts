@@ -16,6 +16,7 @@ import { silentLogger } from '../logger.js';
 import { MESSAGE_PREFIX, parseGrpcTimeout } from './framing.js';
 import { HpackDecoder, HpackError, encodeHpackInt, type HpackField } from './hpack.js';
 import { GRPC_CODE, GrpcStatusError, encodeGrpcMessage, type GrpcCode } from './status.js';
+import { CallAbort } from './call-abort.js';
 import type { GrpcServer, GrpcServerOptions, UnaryCall, UnaryHandler } from './server.js';
 
 // --- HTTP/2 wire constants (RFC 9113 §6, §7, §11) ---
@@ -177,7 +178,7 @@ class ConnectionError extends Error {
 
 // --- one stream = one call ---
 
-class Stream implements UnaryCall {
+class Stream extends CallAbort implements UnaryCall {
   readonly id: number;
   readonly conn: Connection;
   method = '';
@@ -186,7 +187,6 @@ class Stream implements UnaryCall {
   authority = '';
   deadline: number | undefined = undefined;
   handler: UnaryHandler | undefined = undefined;
-  controller: AbortController | undefined = undefined;
   started = 0;
   timer: NodeJS.Timeout | undefined = undefined;
 
@@ -214,19 +214,10 @@ class Stream implements UnaryCall {
   pending: Buffer | undefined = undefined;
 
   constructor(id: number, conn: Connection, sendWindow: number) {
+    super();
     this.id = id;
     this.conn = conn;
     this.sendWindow = sendWindow;
-  }
-
-  get signal(): AbortSignal {
-    this.controller ??= new AbortController();
-    return this.controller.signal;
-  }
-
-  abort(reason: GrpcStatusError): void {
-    this.controller ??= new AbortController();
-    if (!this.controller.signal.aborted) this.controller.abort(reason);
   }
 }
 

@@ -16,6 +16,7 @@ import {
 import { MESSAGE_PREFIX, frameMessage, parseGrpcTimeout } from './framing.js';
 import { createLeanGrpcServer } from './lean-server.js';
 import { GRPC_CODE, GrpcStatusError, encodeGrpcMessage, type GrpcCode } from './status.js';
+import { CallAbort } from './call-abort.js';
 
 export interface UnaryCall {
   /** '/pkg.Service/Method' */
@@ -81,27 +82,17 @@ function decodeAuthority(value: string): string {
   }
 }
 
-class Call implements UnaryCall {
+class Call extends CallAbort implements UnaryCall {
   readonly method: string;
   message: Buffer = EMPTY;
   readonly authority: string;
   readonly deadline: number | undefined;
-  controller: AbortController | undefined;
 
   constructor(method: string, authority: string, deadline: number | undefined) {
+    super();
     this.method = method;
     this.authority = authority;
     this.deadline = deadline;
-  }
-
-  get signal(): AbortSignal {
-    this.controller ??= new AbortController();
-    return this.controller.signal;
-  }
-
-  abort(reason: GrpcStatusError): void {
-    this.controller ??= new AbortController();
-    if (!this.controller.signal.aborted) this.controller.abort(reason);
   }
 }
 
