@@ -53,8 +53,9 @@ for (const [name, [cmd, args]] of Object.entries(SUITES)) {
   results.push([name, run(`suite ${name}`, cmd, args)]);
 }
 const failed = results.filter(([, ok]) => !ok).map(([n]) => n);
-console.log(`\nsuites: ${results.length - failed.length} passed, ${failed.length} failed`);
+const ran = results.map(([n]) => n).join(', ');
 if (failed.length > 0) {
-  console.log(`failed suites: ${failed.join(', ')}`);
+  console.log(`\nFAILED suites: ${failed.join(', ')} (of ${ran})`);
   process.exit(1);
 }
+console.log(`\nevery suite passed (${ran})`);
