@@ -28,7 +28,8 @@ export async function ensureDevKeyring(
   return { path: abs, created: true };
 }
 
-export function encryptionConfigV2(endpoint: string, name = 'atrest'): string {
+/** The EncryptionConfiguration snippet for one kms provider (v1 adds the cache size it needs). */
+function encryptionConfig(endpoint: string, apiVersion: 'v1' | 'v2', name: string): string {
   return [
     'apiVersion: apiserver.config.k8s.io/v1',
     'kind: EncryptionConfiguration',
@@ -37,32 +38,22 @@ export function encryptionConfigV2(endpoint: string, name = 'atrest'): string {
     '      - secrets',
     '    providers:',
     '      - kms:',
-    '          apiVersion: v2',
+    `          apiVersion: ${apiVersion}`,
     `          name: ${name}`,
     `          endpoint: ${endpoint}`,
+    ...(apiVersion === 'v1' ? ['          cachesize: 1000'] : []),
     '          timeout: 3s',
     '      - identity: {}',
     '',
   ].join('\n');
 }
 
+export function encryptionConfigV2(endpoint: string, name = 'atrest'): string {
+  return encryptionConfig(endpoint, 'v2', name);
+}
+
 export function encryptionConfigV1(endpoint: string, name = 'atrest-v1'): string {
-  return [
-    'apiVersion: apiserver.config.k8s.io/v1',
-    'kind: EncryptionConfiguration',
-    'resources:',
-    '  - resources:',
-    '      - secrets',
-    '    providers:',
-    '      - kms:',
-    '          apiVersion: v1',
-    `          name: ${name}`,
-    `          endpoint: ${endpoint}`,
-    '          cachesize: 1000',
-    '          timeout: 3s',
-    '      - identity: {}',
-    '',
-  ].join('\n');
+  return encryptionConfig(endpoint, 'v1', name);
 }
 
 export function devBanner(options: {
