@@ -7,6 +7,8 @@ import { AtrestError, ConfigInvalidError } from '../errors.js';
 import { parseGoDuration } from '../config/go-syntax.js';
 import { EtcdClient } from '../etcd/client.js';
 import { normalizeEtcdPrefix } from '../config/resolve.js';
+import type { EncryptionConfiguration } from '../config/types.js';
+import { createSelection, type Selection } from '../etcd/selection.js';
 
 export interface EtcdFlags {
   readonly endpoints: string;
@@ -85,6 +87,21 @@ export function parseResources(value: string | undefined): string[] | undefined 
   const list = value.split(',').map((s) => s.trim()).filter((s) => s !== '');
   if (list.length === 0) throw usageError('--resource', 'needs at least one resource');
   return list;
+}
+
+/** The keys scan and rewrite cover: `--resource`, `--all`, or (neither) what the config names. */
+export function selectionFromFlags(
+  flags: { readonly resource?: string | undefined; readonly all?: boolean | undefined },
+  etcdPrefix: string,
+  config: EncryptionConfiguration,
+): Selection {
+  const resources = parseResources(flags.resource);
+  return createSelection({
+    etcdPrefix,
+    config,
+    ...(flags.all ? { all: true } : {}),
+    ...(resources ? { resources } : {}),
+  });
 }
 
 export function parsePositiveInt(name: string, value: string, min = 1): number {

@@ -5,7 +5,6 @@
 import { Option, type Command } from 'commander';
 import { rmSync } from 'node:fs';
 import { createJsonLogger } from '../logger.js';
-import { createSelection } from '../etcd/selection.js';
 import { rewrite, UndecryptableValuesError, type RewriteReport } from '../etcd/rewrite.js';
 import { EXIT_FINDINGS } from './exit.js';
 import {
@@ -15,6 +14,7 @@ import {
   parsePositiveInt,
   parseRate,
   parseResources,
+  selectionFromFlags,
   usageError,
   type EtcdFlags,
 } from './etcd-flags.js';
@@ -127,13 +127,7 @@ export function registerRewrite(program: Command): void {
     const progress = createProgress({ label: 'rewrite' });
     try {
       for (const w of enc.warnings) process.stderr.write(`warning: ${w}\n`);
-      const resources = parseResources(flags.resource);
-      const selection = createSelection({
-        etcdPrefix,
-        config: enc.config,
-        ...(flags.all ? { all: true } : {}),
-        ...(resources ? { resources } : {}),
-      });
+      const selection = selectionFromFlags(flags, etcdPrefix, enc.config);
       let report: RewriteReport;
       try {
         report = await rewrite({

@@ -3,7 +3,6 @@
 // Exit status 3 when a resource the config says must be encrypted holds plaintext or undecryptable values.
 
 import { Option, type Command } from 'commander';
-import { createSelection } from '../etcd/selection.js';
 import { scan, type ScanReport } from '../etcd/scan.js';
 import { EXIT_FINDINGS } from './exit.js';
 import {
@@ -12,7 +11,7 @@ import {
   createEtcdClient,
   etcdPrefixOf,
   parsePositiveInt,
-  parseResources,
+  selectionFromFlags,
   usageError,
   type EtcdFlags,
 } from './etcd-flags.js';
@@ -95,13 +94,7 @@ export function registerScan(program: Command): void {
     const client = createEtcdClient(flags, concurrency);
     try {
       for (const w of enc.warnings) process.stderr.write(`warning: ${w}\n`);
-      const resources = parseResources(flags.resource);
-      const selection = createSelection({
-        etcdPrefix,
-        config: enc.config,
-        ...(flags.all ? { all: true } : {}),
-        ...(resources ? { resources } : {}),
-      });
+      const selection = selectionFromFlags(flags, etcdPrefix, enc.config);
       let total = 0;
       for (const r of selection.ranges) total += (await client.range(r.start, { rangeEnd: r.end, countOnly: true })).count;
       const progress = createProgress({ label: 'scanning' });
