@@ -17,14 +17,16 @@ import {
   KMSClient,
   UpdateAliasCommand,
 } from '@aws-sdk/client-kms';
-import * as v1 from '../../src/proto/kms-v1beta1.js';
-import * as v2 from '../../src/proto/kms-v2.js';
-import { createGrpcClient, type GrpcClient } from '../../src/grpc/client.js';
+import {
+  createKmsV1Client,
+  createKmsV2Client,
+  type KmsV1Client,
+  type KmsV2Client,
+} from '../../src/kms-client/index.js';
 import { waitFor } from './suite.js';
 import { answersHttp, findTool, freePort, startServer, type RunningServer } from './servers.js';
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
-const T = { timeoutMs: 10_000 };
 const ALIAS = 'alias/atrest-serve';
 // The SDK's default credential chain reads these, in this process (the admin client) and in the
 // plugin; moto accepts any credentials.
@@ -40,7 +42,8 @@ describe('atrest serve with the aws-kms backend', () => {
   let moto: RunningServer | undefined;
   let admin: KMSClient;
   let plugin: ChildProcess;
-  let client: GrpcClient;
+  let kmsV1: KmsV1Client;
+  let kmsV2: KmsV2Client;
   let stderr = '';
 
   async function startMoto(): Promise<void> {
@@ -59,11 +62,7 @@ describe('atrest serve with the aws-kms backend', () => {
       .KeyMetadata!.Arn!;
   }
 
-  async function status(): Promise<{ healthz: string; key_id: string; version: string }> {
-    return v2.StatusResponse.decode(
-      await client.unary(v2.V2_METHODS.status, v2.StatusRequest.encode({}), T),
-    );
-  }
+  const status = () => kmsV2.status();
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'atrest-serve-aws-'));
@@ -105,7 +104,8 @@ describe('atrest serve with the aws-kms backend', () => {
     plugin
       .stderr!.setEncoding('utf8')
       .on('data', (d: string) => (stderr = (stderr + d).slice(-8000)));
-    client = createGrpcClient({ address: socket });
+    kmsV1 = createKmsV1Client({ endpoint: `unix://${socket}`, timeoutMs: 10_000 });
+    kmsV2 = createKmsV2Client({ endpoint: `unix://${socket}`, timeoutMs: 10_000 });
     await waitFor(
       `the plugin to report healthy (stderr: ${stderr})`,
       async () => (await status().catch(() => undefined))?.healthz === 'ok',
@@ -114,7 +114,8 @@ describe('atrest serve with the aws-kms backend', () => {
   });
 
   after(async () => {
-    await client?.close();
+    await kmsV1?.close();
+    await kmsV2?.close();
     if (plugin !== undefined && plugin.exitCode === null) {
       plugin.kill('SIGTERM');
       await new Promise((r) => plugin.once('exit', r));
@@ -127,64 +128,38 @@ describe('atrest serve with the aws-kms backend', () => {
   it('reports the key ARN behind the alias as key_id and round-trips v2 with annotations', async () => {
     const s = await status();
     assert.equal(s.version, 'v2');
-    assert.match(s.key_id, /^aws-kms:arn:aws:kms:us-east-1:\d{12}:key\//);
+    assert.match(s.keyID, /^aws-kms:arn:aws:kms:us-east-1:\d{12}:key\//);
     const seed = randomBytes(32);
-    const enc = v2.EncryptResponse.decode(
-      await client.unary(
-        v2.V2_METHODS.encrypt,
-        v2.EncryptRequest.encode({ plaintext: seed, uid: 'u1' }),
-        T,
-      ),
-    );
-    assert.equal(enc.key_id, s.key_id);
+    const enc = await kmsV2.encrypt(seed, 'u1');
+    assert.equal(enc.keyID, s.keyID);
     assert.ok(enc.ciphertext.length <= 1024);
     assert.ok(
       'local-kek.atrest.io' in enc.annotations,
       'the wrapped local KEK travels as annotation',
     );
-    const dec = v2.DecryptResponse.decode(
-      await client.unary(
-        v2.V2_METHODS.decrypt,
-        v2.DecryptRequest.encode({
-          ciphertext: enc.ciphertext,
-          uid: 'u2',
-          key_id: enc.key_id,
-          annotations: enc.annotations,
-        }),
-        T,
-      ),
-    );
-    assert.deepEqual(Buffer.from(dec.plaintext), seed);
+    const dec = await kmsV2.decrypt({
+      ciphertext: enc.ciphertext,
+      uid: 'u2',
+      keyID: enc.keyID,
+      annotations: enc.annotations,
+    });
+    assert.deepEqual(dec, seed);
   });
 
   it('round-trips v1beta1, whose ciphertext alone must be enough', async () => {
     const dek = randomBytes(32);
-    const enc = v1.EncryptResponse.decode(
-      await client.unary(
-        v1.V1BETA1_METHODS.encrypt,
-        v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }),
-        T,
-      ),
-    );
-    const dec = v1.DecryptResponse.decode(
-      await client.unary(
-        v1.V1BETA1_METHODS.decrypt,
-        v1.DecryptRequest.encode({ version: 'v1beta1', cipher: enc.cipher }),
-        T,
-      ),
-    );
-    assert.deepEqual(Buffer.from(dec.plain), dek);
+    assert.deepEqual(await kmsV1.decrypt(await kmsV1.encrypt(dek)), dek);
   });
 
   it('reports a new key_id in Status when the alias moves to a new key, without a restart', async () => {
-    const before = (await status()).key_id;
+    const before = (await status()).keyID;
     const arn = await newKey();
     await admin.send(new UpdateAliasCommand({ AliasName: ALIAS, TargetKeyId: arn }));
     await waitFor(
       'Status to show the new key',
-      async () => (await status()).key_id === `aws-kms:${arn}`,
+      async () => (await status()).keyID === `aws-kms:${arn}`,
     );
-    assert.notEqual((await status()).key_id, before);
+    assert.notEqual((await status()).keyID, before);
   });
 
   it('reports an outage of the key manager in Status and recovers on its own', async () => {

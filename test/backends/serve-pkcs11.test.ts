@@ -8,27 +8,25 @@ import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as v1 from '../../src/proto/kms-v1beta1.js';
-import * as v2 from '../../src/proto/kms-v2.js';
-import { createGrpcClient, type GrpcClient } from '../../src/grpc/client.js';
+import {
+  createKmsV1Client,
+  createKmsV2Client,
+  type KmsV1Client,
+  type KmsV2Client,
+} from '../../src/kms-client/index.js';
 import { waitFor } from './suite.js';
 import { createSoftHsmToken, type SoftHsmToken } from './softhsm.js';
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
-const T = { timeoutMs: 10_000 };
 const LABEL = 'atrest-kek';
 
 describe('atrest serve with the pkcs11 backend', () => {
   let token: SoftHsmToken;
   let plugin: ChildProcess;
-  let client: GrpcClient;
+  let kmsV1: KmsV1Client;
+  let kmsV2: KmsV2Client;
   let stderr = '';
-
-  async function status(): Promise<{ healthz: string; key_id: string; version: string }> {
-    return v2.StatusResponse.decode(
-      await client.unary(v2.V2_METHODS.status, v2.StatusRequest.encode({}), T),
-    );
-  }
+  const status = () => kmsV2.status();
 
   before(async () => {
     token = createSoftHsmToken();
@@ -66,7 +64,8 @@ describe('atrest serve with the pkcs11 backend', () => {
     plugin
       .stderr!.setEncoding('utf8')
       .on('data', (d: string) => (stderr = (stderr + d).slice(-8000)));
-    client = createGrpcClient({ address: socket });
+    kmsV1 = createKmsV1Client({ endpoint: `unix://${socket}`, timeoutMs: 10_000 });
+    kmsV2 = createKmsV2Client({ endpoint: `unix://${socket}`, timeoutMs: 10_000 });
     await waitFor(
       'the plugin to report healthy',
       async () => (await status().catch(() => undefined))?.healthz === 'ok',
@@ -77,7 +76,8 @@ describe('atrest serve with the pkcs11 backend', () => {
   });
 
   after(async () => {
-    await client?.close();
+    await kmsV1?.close();
+    await kmsV2?.close();
     if (plugin !== undefined && plugin.exitCode === null) {
       plugin.kill('SIGTERM');
       await new Promise((r) => plugin.once('exit', r));
@@ -87,68 +87,29 @@ describe('atrest serve with the pkcs11 backend', () => {
 
   it('reports the key label and CKA_ID as key_id and round-trips v2 and v1beta1', async () => {
     const s = await status();
-    assert.equal(s.key_id, `pkcs11:${LABEL}:0000002026112801`);
+    assert.equal(s.keyID, `pkcs11:${LABEL}:0000002026112801`);
     const seed = randomBytes(32);
-    const enc = v2.EncryptResponse.decode(
-      await client.unary(
-        v2.V2_METHODS.encrypt,
-        v2.EncryptRequest.encode({ plaintext: seed, uid: 'u' }),
-        T,
-      ),
-    );
-    assert.equal(enc.key_id, s.key_id);
-    const dec = v2.DecryptResponse.decode(
-      await client.unary(
-        v2.V2_METHODS.decrypt,
-        v2.DecryptRequest.encode({
-          ciphertext: enc.ciphertext,
-          uid: 'u',
-          key_id: enc.key_id,
-          annotations: enc.annotations,
-        }),
-        T,
-      ),
-    );
-    assert.deepEqual(Buffer.from(dec.plaintext), seed);
+    const enc = await kmsV2.encrypt(seed, 'u');
+    assert.equal(enc.keyID, s.keyID);
+    const dec = await kmsV2.decrypt({
+      ciphertext: enc.ciphertext,
+      uid: 'u',
+      keyID: enc.keyID,
+      annotations: enc.annotations,
+    });
+    assert.deepEqual(dec, seed);
     const dek = randomBytes(32);
-    const c1 = v1.EncryptResponse.decode(
-      await client.unary(
-        v1.V1BETA1_METHODS.encrypt,
-        v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }),
-        T,
-      ),
-    );
-    const p1 = v1.DecryptResponse.decode(
-      await client.unary(
-        v1.V1BETA1_METHODS.decrypt,
-        v1.DecryptRequest.encode({ version: 'v1beta1', cipher: c1.cipher }),
-        T,
-      ),
-    );
-    assert.deepEqual(Buffer.from(p1.plain), dek);
+    assert.deepEqual(await kmsV1.decrypt(await kmsV1.encrypt(dek)), dek);
   });
 
   it('reports a key generated in the token later as the new key_id, and still decrypts the old one', async () => {
     const dek = randomBytes(32);
-    const old = v1.EncryptResponse.decode(
-      await client.unary(
-        v1.V1BETA1_METHODS.encrypt,
-        v1.EncryptRequest.encode({ version: 'v1beta1', plain: dek }),
-        T,
-      ),
-    );
+    const old = await kmsV1.encrypt(dek);
     const id = token.generateKey(LABEL);
     await waitFor(
       'Status to show the new key',
-      async () => (await status()).key_id === `pkcs11:${LABEL}:${id.toString('hex')}`,
+      async () => (await status()).keyID === `pkcs11:${LABEL}:${id.toString('hex')}`,
     );
-    const back = v1.DecryptResponse.decode(
-      await client.unary(
-        v1.V1BETA1_METHODS.decrypt,
-        v1.DecryptRequest.encode({ version: 'v1beta1', cipher: old.cipher }),
-        T,
-      ),
-    );
-    assert.deepEqual(Buffer.from(back.plain), dek);
+    assert.deepEqual(await kmsV1.decrypt(old), dek);
   });
 });
