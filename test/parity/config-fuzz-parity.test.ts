@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { stringify } from 'yaml';
 import { parseEncryptionConfiguration } from '../../src/config/index.js';
-import { startOracle, type Oracle } from './oracle.js';
+import { createOraclePool, type Oracle } from './oracle.js';
 
 const b64 = (n: number) => Buffer.alloc(n, 5).toString('base64');
 
@@ -92,20 +92,13 @@ function render(c: Generated): string {
 
 describe('generated EncryptionConfigurations get the same verdict from atrest and kube-apiserver', () => {
   let dir: string;
-  const oracles = new Map<boolean, Oracle>();
-  const oracle = (kmsV1: boolean): Oracle => {
-    let o = oracles.get(kmsV1);
-    if (!o) {
-      o = startOracle({ kmsV1 });
-      oracles.set(kmsV1, o);
-    }
-    return o;
-  };
+  const oracles = createOraclePool();
+  const oracle = (kmsV1: boolean): Oracle => oracles.get(kmsV1);
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'atrest-config-fuzz-'));
   });
   after(async () => {
-    await Promise.all([...oracles.values()].map((o) => o.close()));
+    await oracles.close();
     rmSync(dir, { recursive: true, force: true });
   });
 

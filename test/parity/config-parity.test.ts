@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseEncryptionConfiguration } from '../../src/config/index.js';
 import { ConfigInvalidError } from '../../src/errors.js';
-import { startOracle, type Oracle } from './oracle.js';
+import { createOraclePool, type Oracle } from './oracle.js';
 
 const b64 = (n: number, fill = 7): string => Buffer.alloc(n, fill).toString('base64');
 const K16 = b64(16);
@@ -315,21 +315,14 @@ const ROWS: readonly Row[] = [
 
 describe('EncryptionConfiguration parity with kube-apiserver (k8s.io/apiserver LoadEncryptionConfig)', () => {
   let dir: string;
-  const oracles = new Map<boolean, Oracle>();
-  function oracle(kmsV1: boolean): Oracle {
-    let o = oracles.get(kmsV1);
-    if (!o) {
-      o = startOracle({ kmsV1 });
-      oracles.set(kmsV1, o);
-    }
-    return o;
-  }
+  const oracles = createOraclePool();
+  const oracle = (kmsV1: boolean): Oracle => oracles.get(kmsV1);
 
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'atrest-config-parity-'));
   });
   after(async () => {
-    await Promise.all([...oracles.values()].map((o) => o.close()));
+    await oracles.close();
     rmSync(dir, { recursive: true, force: true });
   });
 

@@ -108,3 +108,21 @@ export function startOracle(options: { kmsV1?: boolean } = {}): Oracle {
     },
   };
 }
+
+/** One oracle process per KMSv1 feature-gate setting, started on first use and closed together. */
+export function createOraclePool(): { get(kmsV1: boolean): Oracle; close(): Promise<void> } {
+  const oracles = new Map<boolean, Oracle>();
+  return {
+    get(kmsV1) {
+      let o = oracles.get(kmsV1);
+      if (!o) {
+        o = startOracle({ kmsV1 });
+        oracles.set(kmsV1, o);
+      }
+      return o;
+    },
+    async close() {
+      await Promise.all([...oracles.values()].map((o) => o.close()));
+    },
+  };
+}
