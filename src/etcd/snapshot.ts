@@ -8,6 +8,7 @@
 // Keys are in revision order, so the newest revision of each etcd key wins; a tombstone deletes it.
 
 import { FormatInvalidError } from '../errors.js';
+import { defineMessage } from '../proto/wire.js';
 import { BboltFile } from './bbolt.js';
 import type { KeyValue } from './client.js';
 
@@ -15,72 +16,18 @@ const MVCC_BUCKET = 'key';
 const REVISION_KEY_SIZE = 17;
 const TOMBSTONE_MARK = 0x74; // 't'
 
-interface MvccKeyValue {
-  key: Buffer;
-  createRevision: number;
-  modRevision: number;
-  version: number;
-  value: Buffer;
-}
-
-function malformed(message: string): FormatInvalidError {
-  return new FormatInvalidError('ERR_FORMAT_MALFORMED', `etcd snapshot: ${message}`);
-}
-
 /**
- * mvccpb.KeyValue. Hand-decoded rather than with the shared proto3 codec: `lease` (field 6) is an
- * int64 lease ID that routinely exceeds 2^53 (kube-apiserver attaches leases to events), so its varint
- * is skipped without converting it to a number. Revisions and versions stay far below 2^53.
+ * mvccpb.KeyValue. `lease` (field 6) is an int64 lease ID that routinely exceeds 2^53 (kube-apiserver
+ * attaches leases to events); it is not declared here, so the codec skips it without converting it.
+ * Revisions and versions stay far below 2^53.
  */
-function decodeKeyValue(buf: Buffer): MvccKeyValue {
-  const out: MvccKeyValue = { key: Buffer.alloc(0), createRevision: 0, modRevision: 0, version: 0, value: Buffer.alloc(0) };
-  let pos = 0;
-  const varint = (): bigint => {
-    let result = 0n;
-    for (let shift = 0n; shift < 70n; shift += 7n) {
-      if (pos >= buf.length) throw malformed('truncated varint');
-      const b = buf[pos++]!;
-      result |= BigInt(b & 0x7f) << shift;
-      if ((b & 0x80) === 0) return result;
-    }
-    throw malformed('varint longer than 10 bytes');
-  };
-  const small = (): number => {
-    const v = varint();
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw malformed('revision out of range');
-    return Number(v);
-  };
-  const bytes = (): Buffer => {
-    const len = small();
-    if (len > buf.length - pos) throw malformed('field runs past the end');
-    const b = buf.subarray(pos, pos + len);
-    pos += len;
-    return b;
-  };
-  while (pos < buf.length) {
-    const tag = small();
-    const field = Math.floor(tag / 8);
-    const wire = tag & 7;
-    if (wire === 0) {
-      if (field === 2) out.createRevision = small();
-      else if (field === 3) out.modRevision = small();
-      else if (field === 4) out.version = small();
-      else varint();
-    } else if (wire === 2) {
-      const b = bytes();
-      if (field === 1) out.key = b;
-      else if (field === 5) out.value = b;
-    } else if (wire === 1) {
-      pos += 8;
-    } else if (wire === 5) {
-      pos += 4;
-    } else {
-      throw malformed(`unsupported wire type ${wire}`);
-    }
-    if (pos > buf.length) throw malformed('fixed-width field runs past the end');
-  }
-  return out;
-}
+const MvccKeyValue = defineMessage('mvccpb.KeyValue', {
+  key: { no: 1, kind: 'bytes' },
+  create_revision: { no: 2, kind: 'enum' },
+  mod_revision: { no: 3, kind: 'enum' },
+  version: { no: 4, kind: 'enum' },
+  value: { no: 5, kind: 'bytes' },
+});
 
 export interface SnapshotReadOptions {
   /** Keep only keys for which this returns true (bounds memory to what the caller wants). */
@@ -99,7 +46,7 @@ export function readSnapshot(path: string, options: SnapshotReadOptions = {}): K
           `etcd snapshot: unexpected revision key of ${revKey.length} bytes`,
         );
       }
-      const kv = decodeKeyValue(value);
+      const kv = MvccKeyValue.decode(value);
       if (options.filter && !options.filter(kv.key)) continue;
       const id = kv.key.toString('latin1');
       if (revKey.length === REVISION_KEY_SIZE + 1 && revKey[REVISION_KEY_SIZE] === TOMBSTONE_MARK) {
@@ -109,8 +56,8 @@ export function readSnapshot(path: string, options: SnapshotReadOptions = {}): K
       latest.set(id, {
         key: kv.key,
         value: kv.value,
-        createRevision: kv.createRevision,
-        modRevision: kv.modRevision,
+        createRevision: kv.create_revision,
+        modRevision: kv.mod_revision,
         version: kv.version,
       });
     }
