@@ -19,10 +19,17 @@ export interface ControlPlane {
   readonly etcdUrl: string;
   readonly kubeconfig: string;
   /** Stops the API server (if running) and starts it with this encryption config (none: no encryption). */
-  restartApiserver(encryptionConfig?: string): Promise<void>;
+  restartApiserver(encryptionConfig?: string, options?: ApiserverOptions): Promise<void>;
   kubectl(args: readonly string[], input?: string): string;
   etcdctl(args: readonly string[]): string;
   stop(): Promise<void>;
+}
+
+export interface ApiserverOptions {
+  /** More kube-apiserver flags, e.g. `--feature-gates=KMSv1=true`. */
+  readonly extraArgs?: readonly string[];
+  /** /readyz checks not to wait for, e.g. `kms-providers` when a plugin is down on purpose. */
+  readonly readyzExclude?: readonly string[];
 }
 
 export function requireBinaries(): void {
@@ -215,7 +222,11 @@ export async function startControlPlane(): Promise<ControlPlane> {
     throw err;
   }
 
-  const restartApiserver = async (encryptionConfig?: string): Promise<void> => {
+  const restartApiserver = async (
+    encryptionConfig?: string,
+    options: ApiserverOptions = {},
+  ): Promise<void> => {
+    const readyz = `/readyz${(options.readyzExclude ?? []).map((c, i) => `${i === 0 ? '?' : '&'}exclude=${c}`).join('')}`;
     await stopChild(apiserver);
     const fd = openSync(join(dir, 'apiserver.log'), 'a');
     const child = spawn(
@@ -243,6 +254,7 @@ export async function startControlPlane(): Promise<ControlPlane> {
         ...(encryptionConfig === undefined
           ? []
           : [`--encryption-provider-config=${encryptionConfig}`]),
+        ...(options.extraArgs ?? []),
       ],
       { stdio: ['ignore', fd, fd] },
     );
@@ -254,8 +266,8 @@ export async function startControlPlane(): Promise<ControlPlane> {
         120_000,
         () => {
           try {
-            kubectl(['get', '--raw', '/readyz']);
-            kubectl(['get', 'namespace', 'default']);
+            kubectl(['get', '--raw', readyz]);
+            if (options.readyzExclude === undefined) kubectl(['get', 'namespace', 'default']);
             return true;
           } catch {
             return false;
