@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'ERR_DECRYPTION_FAILED'
   | 'ERR_KEY_UNKNOWN'
   | 'ERR_KEY_ID_MISMATCH'
+  | 'ERR_RECOVERY_NO_SEAL'
   // the plugin's request validation
   | 'ERR_REQUEST_INVALID'
   | 'ERR_REQUEST_TOO_LARGE'

@@ -22,6 +22,8 @@ import {
   type EtcdFlags,
 } from './etcd-flags.js';
 import { openEncryption } from './kms-dial.js';
+import { loadRecoveryKeys, splitList } from './recovery.js';
+import { createRecoveryDialer } from '../recovery/services.js';
 import { renderJson } from './output.js';
 
 interface DecryptFlags extends EtcdFlags {
@@ -33,6 +35,8 @@ interface DecryptFlags extends EtcdFlags {
   readonly valueFile?: string;
   readonly output: string;
   readonly showSecretData?: boolean;
+  readonly recoveryKey?: string;
+  readonly recoveryShares?: string;
 }
 
 type DecryptOutput = 'yaml' | 'json' | 'raw';
@@ -80,7 +84,9 @@ export function registerDecrypt(program: Command): void {
     .option('--snapshot <file>', 'read an etcd snapshot file (etcdctl snapshot save) instead of a live etcd')
     .option('--value-file <file>', 'decrypt this raw stored value (- for stdin); needs --etcd-key for its authenticated data')
     .addOption(new Option('-o, --output <format>', 'yaml, json, or raw (the decrypted bytes; one key only)').default('yaml'))
-    .option('--show-secret-data', 'print Secret data instead of REDACTED');
+    .option('--show-secret-data', 'print Secret data instead of REDACTED')
+    .option('--recovery-key <files>', 'break-glass: read kms values through their recovery seals with these private keys, no KMS needed')
+    .option('--recovery-shares <files>', 'break-glass: as --recovery-key, from K share files of one recovery key (comma-separated)');
   addEtcdOptions(cmd);
   cmd.action(async (flags: DecryptFlags) => {
     const output = parseDecryptOutput(flags.output);
@@ -96,7 +102,13 @@ export function registerDecrypt(program: Command): void {
     }
     if (output === 'raw' && flags.all) throw usageError('--output', 'raw prints one value: use it with --etcd-key');
     const etcdPrefix = etcdPrefixOf(flags);
-    const enc = await openEncryption({ configPath: flags.encryptionConfig, etcdPrefix, mode: 'read' });
+    const recoveryKeys = await loadRecoveryKeys(splitList(flags.recoveryKey), splitList(flags.recoveryShares));
+    const enc = await openEncryption({
+      configPath: flags.encryptionConfig,
+      etcdPrefix,
+      mode: 'read',
+      ...(recoveryKeys.length > 0 ? { deps: createRecoveryDialer(recoveryKeys), offline: true } : {}),
+    });
     const showSecretData = flags.showSecretData === true;
     const client = flags.snapshot === undefined && flags.valueFile === undefined ? createEtcdClient(flags) : undefined;
     try {

@@ -36,8 +36,10 @@ export interface OpenEncryptionOptions {
   readonly etcdPrefix: string;
   /** 'write' (rewrite): every kms v2 plugin must answer Status, since writes need its key. */
   readonly mode: 'read' | 'write';
-  /** Overrides the KMS dialling (tests). */
+  /** Overrides the KMS dialling (tests; break-glass recovery reads through seals instead). */
   readonly deps?: BuildDeps;
+  /** No plugin is asked for Status (break-glass recovery: there is none). */
+  readonly offline?: boolean;
 }
 
 export async function openEncryption(options: OpenEncryptionOptions): Promise<EncryptionContext> {
@@ -52,7 +54,7 @@ export async function openEncryption(options: OpenEncryptionOptions): Promise<En
   const warnings: string[] = [];
   try {
     for (const handle of built.kmsProviders) {
-      if (handle.config.apiVersion !== 'v2') continue;
+      if (handle.config.apiVersion !== 'v2' || options.offline === true) continue;
       const health = await (handle.transformer as KmsV2Transformer).refreshStatus();
       if (!health.ok) {
         const msg = `kms v2 provider "${handle.config.name}" (${handle.config.endpoint}): ${health.error?.message ?? 'Status failed'}`;

@@ -61,6 +61,10 @@ export function renderScanReport(report: ScanReport, title = 'scan'): string {
     }
     if (report.findingsTotal > 20) out += `  ... and ${report.findingsTotal - 20} more (-o json lists up to 1000)\n`;
   }
+  if (t.kms > 0) {
+    out += `\nrecovery seals: ${t.recoverySealed} of ${t.kms} kms value(s) carry one` +
+      (t.recoverySealed < t.kms ? ' (with "atrest serve --recovery-public-key", "atrest rewrite" seals the rest)' : '') + '\n';
+  }
   const verdict =
     report.findingsTotal > 0
       ? `${title}: NOT OK: ${report.findingsTotal} value(s) are plaintext where encryption is required, or cannot be decrypted`

@@ -2,6 +2,7 @@
 // its gRPC adapter on the UNIX socket (src/kms/), the health/metrics listener (src/health/), JSON logs
 // on stderr, and the signals: SIGHUP reloads keys, SIGTERM/SIGINT shut down cleanly and exit 0.
 
+import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import { AtrestError } from '../errors.js';
 import { createJsonLogger, isLogLevel, type Logger, type LogLevel } from '../logger.js';
@@ -18,6 +19,9 @@ import {
   type HealthServer,
 } from '../health/server.js';
 import { addBackendOptions, createBackend } from './backend-factory.js';
+import { withRecoveryLayer } from '../recovery/backend.js';
+import { parsePublicKeyPem } from '../recovery/keys.js';
+import type { RecoveryPublicKey } from '../recovery/seal.js';
 import { DEV_KEYRING, DEV_LISTEN, devBanner, ensureDevKeyring } from './dev.js';
 
 interface ServeFlags {
@@ -32,6 +36,7 @@ interface ServeFlags {
   readonly selfTestInterval: string;
   readonly socketCheckInterval: string;
   readonly dev: boolean;
+  readonly recoveryPublicKey?: string;
   readonly [flag: string]: unknown;
 }
 
@@ -78,6 +83,10 @@ export function registerServe(program: Command, version: string): void {
       '10',
     )
     .option(
+      '--recovery-public-key <file>',
+      'also seal every DEK/seed to this offline recovery key ("atrest recovery init"; docs/operations.md)',
+    )
+    .option(
       '--dev',
       `development quick start: creates ${DEV_KEYRING} on first run, listens on ${DEV_LISTEN}`,
       false,
@@ -122,10 +131,13 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
   const selfTestIntervalMs = seconds('--self-test-interval', flags.selfTestInterval);
   const socketCheckMs = seconds('--socket-check-interval', flags.socketCheckInterval);
 
-  const backend = await createBackend(flags.backend, {
-    flags: { ...flags, ...keyringFlags },
-    logger,
-  });
+  const recoveryKey =
+    flags.recoveryPublicKey === undefined ? undefined : await readRecoveryPublicKey(flags.recoveryPublicKey);
+  // The recovery layer is always there: values sealed earlier stay readable with sealing switched off.
+  const backend = withRecoveryLayer(
+    await createBackend(flags.backend, { flags: { ...flags, ...keyringFlags }, logger }),
+    recoveryKey === undefined ? {} : { publicKey: recoveryKey },
+  );
   const metrics = createPluginMetrics({ version, backend: backend.name });
   const service = createKmsService({
     backend,
@@ -268,7 +280,18 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     health: healthServer === undefined ? 'off' : `${healthServer.host}:${healthServer.port}`,
     version,
     development: flags.dev,
+    recoveryKey: recoveryKey?.recipient.toString('hex') ?? 'off',
   });
+}
+
+async function readRecoveryPublicKey(path: string): Promise<RecoveryPublicKey> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new AtrestError('ERR_CONFIG_UNREADABLE', `cannot read --recovery-public-key ${path}`, { cause: err });
+  }
+  return parsePublicKeyPem(text, path);
 }
 
 function installSignals(options: {

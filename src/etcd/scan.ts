@@ -3,7 +3,8 @@
 // configuration, and with `decrypt` whether it really decrypts. Never writes.
 
 import { ProvidersFailedError } from '../transformers/prefix.js';
-import { describeStoredValue } from '../transformers/describe.js';
+import { describeStoredValue, type StoredValueInfo } from '../transformers/describe.js';
+import { storedValueCarriesSeal } from '../recovery/container.js';
 import type { KeyValue } from './client.js';
 import { formatLabel, isCurrent, writeTargetLabel, type PolicyResolver, type ResourcePolicy } from './policy.js';
 import type { KeyRange, Selection } from './selection.js';
@@ -37,6 +38,9 @@ export interface ResourceScan {
   unknown: number;
   /** Values that did not decrypt (with decrypt), or that no configured provider can read (without). */
   undecryptable: number;
+  /** kms v1/v2 values, and how many of them carry a recovery seal (break-glass recovery). */
+  kms: number;
+  recoverySealed: number;
   /** Stored shapes and how many values have each. */
   readonly formats: Record<string, number>;
 }
@@ -53,6 +57,8 @@ export interface ScanReport {
     stale: number;
     unknown: number;
     undecryptable: number;
+    kms: number;
+    recoverySealed: number;
   };
   /** Plaintext where the config requires encryption, and undecryptable values (first maxFindings). */
   readonly findings: ScanFinding[];
@@ -78,6 +84,8 @@ export interface ValueClassification {
   readonly stored: string;
   readonly plaintext: boolean;
   readonly state: 'current' | 'stale' | 'unknown' | 'undecryptable';
+  /** kms values: whether a recovery seal travels with it; undefined for other formats. */
+  readonly recoverySealed?: boolean;
   readonly providersTried?: readonly string[];
   readonly reason?: string;
 }
@@ -98,6 +106,16 @@ export async function classifyValue(
   decrypt: boolean,
 ): Promise<ValueClassification> {
   const info = describeStoredValue(kv.value);
+  const sealed = storedValueCarriesSeal(kv.value, info);
+  return { ...(await classifyDescribed(kv, info, policy, decrypt)), ...(sealed === undefined ? {} : { recoverySealed: sealed }) };
+}
+
+async function classifyDescribed(
+  kv: KeyValue,
+  info: StoredValueInfo,
+  policy: ResourcePolicy,
+  decrypt: boolean,
+): Promise<ValueClassification> {
   const stored = formatLabel(info);
   const plaintext = info.format === 'identity';
   if (decrypt) {
@@ -151,6 +169,8 @@ export async function scan(options: ScanOptions): Promise<ScanReport> {
         stale: 0,
         unknown: 0,
         undecryptable: 0,
+        kms: 0,
+        recoverySealed: 0,
         formats: {},
       };
       byResource.set(p.resource, s);
@@ -177,6 +197,8 @@ export async function scan(options: ScanOptions): Promise<ScanReport> {
         s.formats[c.stored] = (s.formats[c.stored] ?? 0) + 1;
         if (c.state === 'undecryptable') s.undecryptable++;
         else s[c.state]++;
+        if (c.recoverySealed !== undefined) s.kms++;
+        if (c.recoverySealed === true) s.recoverySealed++;
         let problem: FindingProblem | undefined;
         if (c.plaintext && policy.mustEncrypt) problem = 'plaintext';
         else if (c.state === 'undecryptable') problem = 'undecryptable';
@@ -199,7 +221,7 @@ export async function scan(options: ScanOptions): Promise<ScanReport> {
   }
 
   const resources = [...byResource.values()].sort((a, b) => a.resource.localeCompare(b.resource));
-  const totals = { keys: 0, plaintext: 0, encrypted: 0, current: 0, stale: 0, unknown: 0, undecryptable: 0 };
+  const totals = { keys: 0, plaintext: 0, encrypted: 0, current: 0, stale: 0, unknown: 0, undecryptable: 0, kms: 0, recoverySealed: 0 };
   for (const r of resources) {
     for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += r[k];
   }

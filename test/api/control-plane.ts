@@ -19,10 +19,20 @@ export interface ControlPlane {
   readonly etcdUrl: string;
   readonly kubeconfig: string;
   /** Stops the API server (if running) and starts it with this encryption config (none: no encryption). */
-  restartApiserver(encryptionConfig?: string): Promise<void>;
+  restartApiserver(encryptionConfig?: string, options?: ApiserverOptions): Promise<void>;
   kubectl(args: readonly string[], input?: string): string;
   etcdctl(args: readonly string[]): string;
   stop(): Promise<void>;
+}
+
+export interface ApiserverOptions {
+  /** More kube-apiserver flags, e.g. `--feature-gates=KMSv1=true`. */
+  readonly extraArgs?: readonly string[];
+  /**
+   * What "started" means: `ready` (default) waits for /readyz; `serving` only for requests to be
+   * served (a KMS plugin down on purpose keeps /readyz failing).
+   */
+  readonly until?: 'ready' | 'serving';
 }
 
 export function requireBinaries(): void {
@@ -215,7 +225,10 @@ export async function startControlPlane(): Promise<ControlPlane> {
     throw err;
   }
 
-  const restartApiserver = async (encryptionConfig?: string): Promise<void> => {
+  const restartApiserver = async (
+    encryptionConfig?: string,
+    options: ApiserverOptions = {},
+  ): Promise<void> => {
     await stopChild(apiserver);
     const fd = openSync(join(dir, 'apiserver.log'), 'a');
     const child = spawn(
@@ -243,6 +256,7 @@ export async function startControlPlane(): Promise<ControlPlane> {
         ...(encryptionConfig === undefined
           ? []
           : [`--encryption-provider-config=${encryptionConfig}`]),
+        ...(options.extraArgs ?? []),
       ],
       { stdio: ['ignore', fd, fd] },
     );
@@ -254,7 +268,7 @@ export async function startControlPlane(): Promise<ControlPlane> {
         120_000,
         () => {
           try {
-            kubectl(['get', '--raw', '/readyz']);
+            if (options.until !== 'serving') kubectl(['get', '--raw', '/readyz']);
             kubectl(['get', 'namespace', 'default']);
             return true;
           } catch {

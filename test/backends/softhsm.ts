@@ -20,6 +20,8 @@ export interface SoftHsmToken {
   readonly pinFile: string;
   /** Generates an AES-256 key labelled `label` with the next CKA_ID; returns that CKA_ID. */
   generateKey(label: string): Buffer;
+  /** Destroys every key object labelled `label` (C_DestroyObject): the key is gone for good. */
+  destroyKey(label: string): number;
   remove(): void;
 }
 
@@ -64,27 +66,7 @@ export function createSoftHsmToken(tokenLabel = 'atrest-test', pin = '246810'): 
     pin,
     pinFile,
     generateKey(label) {
-      const admin = new pkcs11js.PKCS11();
-      admin.load(module);
-      try {
-        admin.C_Initialize();
-      } catch (err) {
-        if ((err as { code?: number }).code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED)
-          throw err;
-      }
-      const slot = admin
-        .C_GetSlotList(true)
-        .find((s) => admin.C_GetTokenInfo(s).label.trim() === tokenLabel)!;
-      const session = admin.C_OpenSession(
-        slot,
-        pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION,
-      );
-      try {
-        try {
-          admin.C_Login(session, pkcs11js.CKU_USER, pin);
-        } catch (err) {
-          if ((err as { code?: number }).code !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw err;
-        }
+      return withAdminSession((admin, session) => {
         const id = Buffer.alloc(8);
         id.writeBigUInt64BE(BigInt(nextID++));
         admin.C_GenerateKey(session, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
@@ -101,13 +83,48 @@ export function createSoftHsmToken(tokenLabel = 'atrest-test', pin = '246810'): 
           { type: pkcs11js.CKA_DECRYPT, value: true },
         ]);
         return id;
-      } finally {
-        // Closing our session does not log the process out while a backend still has sessions open.
-        admin.C_CloseSession(session);
-      }
+      });
+    },
+    destroyKey(label) {
+      return withAdminSession((admin, session) => {
+        admin.C_FindObjectsInit(session, [{ type: pkcs11js.CKA_LABEL, value: label }]);
+        const handles = admin.C_FindObjects(session, 100);
+        admin.C_FindObjectsFinal(session);
+        for (const h of handles) admin.C_DestroyObject(session, h);
+        return handles.length;
+      });
     },
     remove() {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+
+  function withAdminSession<T>(fn: (admin: pkcs11js.PKCS11, session: Buffer) => T): T {
+    const admin = new pkcs11js.PKCS11();
+    admin.load(module);
+    try {
+      admin.C_Initialize();
+    } catch (err) {
+      if ((err as { code?: number }).code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        throw err;
+    }
+    const slot = admin
+      .C_GetSlotList(true)
+      .find((s) => admin.C_GetTokenInfo(s).label.trim() === tokenLabel)!;
+    const session = admin.C_OpenSession(
+      slot,
+      pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION,
+    );
+    try {
+      try {
+        admin.C_Login(session, pkcs11js.CKU_USER, pin);
+      } catch (err) {
+        if ((err as { code?: number }).code !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw err;
+      }
+      return fn(admin, session);
+    } finally {
+      // Closing our session does not log the process out while a backend still has sessions open.
+      admin.C_CloseSession(session);
+    }
+  }
 }

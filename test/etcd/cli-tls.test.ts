@@ -40,7 +40,7 @@ resources:
     const flags = ['--encryption-config', configFile, '--endpoints', etcd.endpoint, '--cacert', tls.caFile, '--cert', tls.certFile, '--key', tls.keyFile];
     const s = await runCli(['scan', ...flags, '--decrypt', '-o', 'json']);
     assert.equal(s.code, 0, s.stderr);
-    assert.deepEqual(JSON.parse(s.stdout).totals, { keys: 1, plaintext: 0, encrypted: 1, current: 1, stale: 0, unknown: 0, undecryptable: 0 });
+    assert.deepEqual(JSON.parse(s.stdout).totals, { keys: 1, plaintext: 0, encrypted: 1, current: 1, stale: 0, unknown: 0, undecryptable: 0, kms: 0, recoverySealed: 0 });
     const d = await runCli(['decrypt', ...flags, '--etcd-key', '/registry/secrets/default/tls-secret', '-o', 'json']);
     assert.equal(d.code, 0, d.stderr);
     assert.equal(JSON.parse(d.stdout).object.metadata.name, 'tls-secret');

@@ -1,0 +1,56 @@
+// The recovery layer of `atrest serve`: a KeyBackend around the configured one. With a recovery
+// public key, every wrap also seals the DEK (kms v1) or seed (kms v2) to it (container.ts says where
+// the seal travels). Without one it only reads: values sealed earlier keep decrypting after the
+// feature is switched off. Unwrapping never needs the recovery key: the backend's own KEK does that.
+
+import type { KeyBackend, UnwrapRequest, WrapRequest, Wrapped } from '../backends/backend.js';
+import {
+  RECOVERY_ANNOTATION,
+  encodeContainer,
+  looksLikeContainer,
+  parseContainer,
+  withoutRecoveryAnnotation,
+} from './container.js';
+import { V1_KEY_ID, seal, sealContext, type RecoveryPublicKey } from './seal.js';
+
+export interface RecoveryLayerOptions {
+  /** Seal every wrap to this key; absent: read-only layer. */
+  readonly publicKey?: RecoveryPublicKey;
+}
+
+export function withRecoveryLayer(inner: KeyBackend, options: RecoveryLayerOptions): KeyBackend {
+  const { publicKey } = options;
+
+  async function wrap(request: WrapRequest): Promise<Wrapped> {
+    const wrapped = await inner.wrap(request);
+    if (publicKey === undefined) return wrapped;
+    if (request.annotationsAllowed === true) {
+      const sealed = seal(publicKey, request.plaintext, sealContext(wrapped.keyID, wrapped.ciphertext));
+      return {
+        ...wrapped,
+        annotations: { ...(wrapped.annotations ?? {}), [RECOVERY_ANNOTATION]: sealed },
+      };
+    }
+    const sealed = seal(publicKey, request.plaintext, sealContext(V1_KEY_ID, wrapped.ciphertext));
+    return { ...wrapped, ciphertext: encodeContainer(wrapped.ciphertext, sealed) };
+  }
+
+  function unwrap(request: UnwrapRequest): Promise<Buffer> {
+    const annotations = withoutRecoveryAnnotation(request.annotations);
+    const ciphertext = looksLikeContainer(request.ciphertext)
+      ? parseContainer(request.ciphertext).inner
+      : request.ciphertext;
+    return inner.unwrap({ ...request, ciphertext, ...(annotations ? { annotations } : {}) });
+  }
+
+  const layer: KeyBackend = {
+    name: inner.name,
+    currentKeyID: () => inner.currentKeyID(),
+    wrap,
+    unwrap,
+    reload: () => inner.reload(),
+    close: () => inner.close(),
+  };
+  const health = inner.health?.bind(inner);
+  return health === undefined ? layer : { ...layer, health };
+}
