@@ -151,7 +151,13 @@ function header(recipient: Buffer): Buffer {
 export interface SealOptions {
   /** Injected for tests; random in production. */
   readonly random?: (n: number) => Buffer;
-  readonly ephemeral?: RecoveryPrivateKey;
+  readonly ephemeral?: { readonly raw: Buffer; readonly privateKey: KeyObject };
+}
+
+/** A fresh ephemeral key pair; the raw public key is read straight from its DER (the hot path of seal). */
+function ephemeralKey(): { raw: Buffer; privateKey: KeyObject } {
+  const { publicKey, privateKey } = generateKeyPairSync('x25519');
+  return { raw: publicKey.export({ type: 'spki', format: 'der' }).subarray(SPKI_PREFIX.length), privateKey };
 }
 
 export function seal(
@@ -160,7 +166,7 @@ export function seal(
   context: Uint8Array,
   options: SealOptions = {},
 ): Buffer {
-  const ephemeral = options.ephemeral ?? generateRecoveryKey();
+  const ephemeral = options.ephemeral ?? ephemeralKey();
   const nonce = (options.random ?? randomBytes)(SEAL_NONCE_BYTES);
   const shared = diffieHellman({ privateKey: ephemeral.privateKey, publicKey: to.key });
   const key = deriveKey(shared, ephemeral.raw, to.raw);
