@@ -2,12 +2,16 @@
 // `npm test`: installs what the tests need (scripts/setup/*.sh, each idempotent), builds, then runs
 // every suite in order: node's test runner over dist/test/, the Go conformance harness, the end-to-end
 // scenario against a real kube-apiserver. Exits non-zero if any step fails; never skips a suite.
+// Setup runs in two lanes at once: the Go builds (CPU-bound) one after another, and the scripts that
+// mostly download (a line `# setup-lane: download`: apt, pip) one after another beside them, with the
+// TypeScript build; a cold run waits for the longer lane instead of the sum.
 //
 //   node scripts/test.mjs                 everything
 //   node scripts/test.mjs --only e2e      setup + build + one suite (unit | conformance | e2e)
+//   node scripts/test.mjs --only setup    setup + build, no suite
 
-import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,8 +28,8 @@ const SUITES = {
 
 const onlyIndex = process.argv.indexOf('--only');
 const only = onlyIndex >= 0 ? process.argv[onlyIndex + 1] : undefined;
-if (only !== undefined && !(only in SUITES)) {
-  console.error(`unknown suite "${only}"; choose one of ${Object.keys(SUITES).join(', ')}`);
+if (only !== undefined && only !== 'setup' && !(only in SUITES)) {
+  console.error(`unknown suite "${only}"; choose one of setup, ${Object.keys(SUITES).join(', ')}`);
   process.exit(2);
 }
 
@@ -39,13 +43,42 @@ function run(label, cmd, args) {
   return ok;
 }
 
-const setups = readdirSync(join(root, 'scripts', 'setup'))
-  .filter((f) => f.endsWith('.sh'))
-  .sort();
-for (const s of setups) {
-  if (!run(`setup ${s}`, 'bash', [join('scripts', 'setup', s)])) process.exit(1);
+/** Runs a step with its output collected, printed whole when it ends (lanes run side by side). */
+function runCollected(label, cmd, args) {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const child = spawn(cmd, args, { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const chunks = [];
+    child.stdout.on('data', (d) => chunks.push(d));
+    child.stderr.on('data', (d) => chunks.push(d));
+    child.on('close', (code, signal) => {
+      const secs = ((Date.now() - started) / 1000).toFixed(1);
+      const ok = code === 0;
+      process.stdout.write(`\n=== ${label}: ${cmd} ${args.join(' ')}\n${Buffer.concat(chunks).toString()}`);
+      process.stdout.write(`=== ${label}: ${ok ? 'ok' : `FAILED (exit ${code ?? signal})`} in ${secs}s\n`);
+      resolve(ok);
+    });
+  });
 }
-if (!run('build', 'npx', ['tsc', '-p', '.'])) process.exit(1);
+
+async function lane(steps) {
+  for (const [label, cmd, args] of steps) if (!(await runCollected(label, cmd, args))) return false;
+  return true;
+}
+
+const setupDir = join(root, 'scripts', 'setup');
+const setups = readdirSync(setupDir)
+  .filter((f) => f.endsWith('.sh'))
+  .sort()
+  .map((f) => ({
+    step: [`setup ${f}`, 'bash', [join('scripts', 'setup', f)]],
+    download: /^# setup-lane: download$/m.test(readFileSync(join(setupDir, f), 'utf8')),
+  }));
+const lanes = await Promise.all([
+  lane(setups.filter((s) => !s.download).map((s) => s.step)),
+  lane([...setups.filter((s) => s.download).map((s) => s.step), ['build', 'npx', ['tsc', '-p', '.']]]),
+]);
+if (lanes.includes(false)) process.exit(1);
 
 const results = [];
 for (const [name, [cmd, args]] of Object.entries(SUITES)) {

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# setup-lane: download
 # Provides SoftHSM2 (Debian's softhsm2: libsofthsm2.so and softhsm2-util) for the PKCS#11 backend
 # tests, which create their own token in a temporary directory through SOFTHSM2_CONF.
 # Idempotent: does nothing when the module and the tool are already installed.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# setup-lane: download
 # Provides `moto_server` (moto's stand-alone server, which speaks the AWS KMS API) in
 # $ATREST_CACHE_BIN for the AWS KMS backend tests and benchmark. Installed from PyPI into its own
 # virtual environment, keyed by version, so it neither needs nor disturbs the system's Python packages.
