@@ -200,3 +200,43 @@ describe('small helpers', () => {
     assert.equal(formatProgress('scanning', 7, 0, 0), 'scanning 7');
   });
 });
+
+describe('restore manifests and table labels', () => {
+  test('restorableObject drops server-owned metadata, owner references and the last-applied annotation', async () => {
+    const { restorableObject } = await import('../../src/etcd/restore.js');
+    const r = restorableObject({
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: {
+        name: 'db',
+        namespace: 'prod',
+        uid: 'u-1',
+        resourceVersion: '42',
+        creationTimestamp: '2026-01-01T00:00:00Z',
+        managedFields: [{ manager: 'kubectl' }],
+        ownerReferences: [{ uid: 'gone' }],
+        labels: { app: 'db' },
+        annotations: { 'kubectl.kubernetes.io/last-applied-configuration': '{"data":{}}', keep: 'me' },
+      },
+      data: { password: 'cHc=' },
+      type: 'Opaque',
+    });
+    assert.ok(r.ok);
+    assert.deepEqual(r.object, {
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name: 'db', namespace: 'prod', labels: { app: 'db' }, annotations: { keep: 'me' } },
+      data: { password: 'cHc=' },
+      type: 'Opaque',
+    });
+    const partial = restorableObject({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'x' }, rawSize: 100 });
+    assert.equal(partial.ok, false);
+  });
+
+  test('table labels shorten long key ids to their last 8 characters and leave short ones', async () => {
+    const { shortenKeyIds } = await import('../../src/cli/scan.js');
+    assert.equal(shortenKeyIds('kms-v2/atrest key_id=k20261128T081107Z-0fc8e322e971566c'), 'kms-v2/atrest key_id=…e971566c');
+    assert.equal(shortenKeyIds('kms-v2/atrest key_id=1'), 'kms-v2/atrest key_id=1');
+    assert.equal(shortenKeyIds('aescbc/key1'), 'aescbc/key1');
+  });
+});
