@@ -21,15 +21,30 @@ interface Dialled {
   probe(): Promise<void>;
 }
 
-/** Wraps every async method so that it rejects at once while the connection is latched down. */
-function latched<T extends object>(client: T, state: { down?: AtrestError }): T {
+/** gRPC codes that mean "no plugin answers" (not "the plugin refused this one value"). */
+const UNREACHABLE = /\b(UNAVAILABLE|DEADLINE_EXCEEDED)\b|ECONNREFUSED|ENOENT|EPIPE|ECONNRESET/;
+
+/**
+ * Wraps every async method so that it rejects at once while the connection is latched down. A call
+ * that finds the plugin gone (unavailable, timed out) latches it too: a plugin that dies halfway
+ * through a decrypt --all costs one timeout, not one per remaining value.
+ */
+function latched<T extends object>(client: T, state: { down?: AtrestError; endpoint: string }): T {
   return new Proxy(client, {
     get(target, prop, receiver) {
       const v = Reflect.get(target, prop, receiver) as unknown;
       if (typeof v !== 'function' || prop === 'close') return v;
-      return (...args: unknown[]) => {
-        if (state.down) return Promise.reject(state.down);
-        return (v as (...a: unknown[]) => unknown).apply(target, args);
+      return async (...args: unknown[]) => {
+        if (state.down) throw state.down;
+        try {
+          return await (v as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+        } catch (err) {
+          const message = err instanceof Error ? err.message : String(err);
+          if (state.down === undefined && UNREACHABLE.test(message)) {
+            state.down = new AtrestError('ERR_UNHEALTHY', `kms plugin at ${state.endpoint} is unreachable: ${message}`, { cause: err });
+          }
+          throw err;
+        }
       };
     },
   });
