@@ -240,3 +240,24 @@ describe('restore manifests and table labels', () => {
     assert.equal(shortenKeyIds('aescbc/key1'), 'aescbc/key1');
   });
 });
+
+test('a resumed rewrite report keeps this run and all runs in separate columns', async () => {
+  const { renderRewriteReport } = await import('../../src/cli/rewrite.js');
+  const counts = { rewritten: 300, alreadyCurrent: 0, conflicts: 2, deleted: 0, skippedUndecryptable: 0, failed: 0 };
+  const thisRun = { rewritten: 100, alreadyCurrent: 0, conflicts: 0, deleted: 0, skippedUndecryptable: 0, failed: 0 };
+  const text = renderRewriteReport({
+    dryRun: false,
+    selection: 'secrets',
+    resumed: true,
+    preflight: { scanned: 100, toRewrite: 100, current: 0, undecryptable: 0 },
+    counts,
+    countsThisRun: thisRun,
+    undecryptable: [],
+    failures: [],
+    converged: true,
+  });
+  assert.match(text, /^REWRITE\s+THIS RUN\s+ALL RUNS$/m);
+  assert.match(text, /^values checked\s+100\s+-$/m);
+  assert.match(text, /^rewritten \(read back and verified\)\s+100\s+300$/m);
+  assert.doesNotMatch(text, /since the first run/);
+});
