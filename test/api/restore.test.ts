@@ -121,7 +121,11 @@ resources:
     assert.equal(r.code, 0, r.stderr);
     assert.equal(statSync(recovered).mode & 0o077, 0, 'recovered.yaml is readable by others');
 
-    const got = JSON.parse(fresh.kubectl(['get', 'secrets', '-A', '-o', 'json'], undefined)) as {
+    const listing = execFileSync(join(CACHE_BIN, 'kubectl'), [`--kubeconfig=${fresh.kubeconfig}`, 'get', 'secrets', '-A', '-o', 'json'], {
+      encoding: 'utf8',
+      maxBuffer: 256 * 1024 * 1024,
+    });
+    const got = JSON.parse(listing) as {
       items: { metadata: { name: string; namespace: string; uid: string; annotations?: Record<string, string>; labels?: Record<string, string> }; data?: Record<string, string> }[];
     };
     const byName = new Map(got.items.map((s) => [`${s.metadata.namespace}/${s.metadata.name}`, s]));
