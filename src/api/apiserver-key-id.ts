@@ -176,14 +176,83 @@ async function fetchKeyIdMetrics(kc: KubeConfig, server: string): Promise<string
   });
 }
 
+/** Identity leases renewed within this long of the newest one belong to running API servers (they renew every 10 s). */
+const LEASE_FRESH_MS = 60_000;
+/** Lease lists are a handful of small objects; a cap all the same. */
+const MAX_LEASES_BYTES = 4 * 1024 * 1024;
+
+interface LeaseList {
+  items?: { metadata?: { name?: string; labels?: Record<string, string> }; spec?: { renewTime?: string } }[];
+}
+
+/** The hosts whose kube-apiserver renewed its identity lease (kube-system, label apiserver.kubernetes.io/identity) lately. */
+export function freshApiServerHosts(list: LeaseList): string[] {
+  const leases = (list.items ?? []).map((l) => ({
+    host: l.metadata?.labels?.['kubernetes.io/hostname'] ?? l.metadata?.name ?? '?',
+    renewed: Date.parse(l.spec?.renewTime ?? ''),
+  }));
+  const newest = Math.max(...leases.map((l) => l.renewed).filter(Number.isFinite));
+  return leases.filter((l) => Number.isFinite(l.renewed) && newest - l.renewed <= LEASE_FRESH_MS).map((l) => l.host).sort();
+}
+
+async function getText(kc: KubeConfig, href: string, maxBytes: number): Promise<{ status: number; body: string }> {
+  const opts: https.RequestOptions = { headers: {} };
+  await kc.applyToHTTPSOptions(opts);
+  const url = new URL(href);
+  return await new Promise((resolve, reject) => {
+    const req = (url.protocol === 'https:' ? https : http).request(
+      url,
+      { ...opts, method: 'GET', timeout: REQUEST_TIMEOUT_MS, agent: false },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => {
+          body += c;
+          if (body.length > maxBytes) req.destroy(new AtrestError('ERR_API', `GET ${url.href}: more than ${maxBytes} bytes`));
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new AtrestError('ERR_API', `GET ${url.href} timed out`)));
+    req.on('error', (err) => reject(err instanceof AtrestError ? err : new AtrestError('ERR_API', `GET ${url.href}: ${err.message}`, { cause: err })));
+    req.end();
+  });
+}
+
 /** Reads every API server's metrics and judges each expected provider key on each of them. */
 export async function checkApiServerKeyIDs(target: ApiServerTarget, expected: readonly ExpectedKey[]): Promise<ApiServerKeyState[]> {
   const kc = await loadKubeConfig(target);
-  const servers = target.servers && target.servers.length > 0 ? target.servers : [kc.getCurrentCluster()!.server];
+  const base = kc.getCurrentCluster()!.server.replace(/\/$/, '');
+  const servers = target.servers && target.servers.length > 0 ? target.servers : [base];
   const out: ApiServerKeyState[] = [];
+  const seen = new Set<string>();
   for (const server of servers) {
     const metrics = parseKeyIdMetrics(await fetchKeyIdMetrics(kc, server));
+    for (const s of metrics.status) if (s.labels['apiserver_id_hash']) seen.add(s.labels['apiserver_id_hash']);
     for (const e of expected) out.push(judgeKeyUse(server, metrics, e));
+  }
+  // Behind one address (a load balancer) only one server answers: the identity leases tell how many run.
+  const leases = await getText(
+    kc,
+    `${base}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases?labelSelector=${encodeURIComponent('apiserver.kubernetes.io/identity=kube-apiserver')}`,
+    MAX_LEASES_BYTES,
+  );
+  if (leases.status === 200) {
+    const hosts = freshApiServerHosts(JSON.parse(leases.body) as LeaseList);
+    const checked = seen.size;
+    if (hosts.length > checked) {
+      for (const e of expected) {
+        out.push({
+          server: `${hosts.length - checked} more kube-apiserver(s)`,
+          provider: e.provider,
+          ok: false,
+          problem:
+            `${hosts.length} hosts run a kube-apiserver (identity leases in kube-system: ${hosts.join(', ')}), ` +
+            `but the metrics of ${checked} were read: list every one with --apiservers URL,URL,...`,
+        });
+      }
+    }
   }
   return out;
 }

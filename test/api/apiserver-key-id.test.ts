@@ -65,3 +65,22 @@ test('a server that never polled this provider (another config, another provider
   assert.equal(v.ok, false);
   assert.match(v.problem!, /no Status answer from kms provider "atrest"/);
 });
+
+test('the identity leases renewed within a minute of the newest count the running API servers', async () => {
+  const { freshApiServerHosts } = await import('../../src/api/apiserver-key-id.js');
+  const lease = (host: string, renewTime: string) => ({
+    metadata: { name: `apiserver-${host}`, labels: { 'apiserver.kubernetes.io/identity': 'kube-apiserver', 'kubernetes.io/hostname': host } },
+    spec: { renewTime },
+  });
+  assert.deepEqual(
+    freshApiServerHosts({
+      items: [
+        lease('cp-1', '2026-11-30T10:00:00.000000Z'),
+        lease('cp-2', '2026-11-30T09:59:51.500000Z'),
+        lease('cp-3', '2026-11-30T09:40:00.000000Z'), // a server that stopped 20 minutes ago
+      ],
+    }),
+    ['cp-1', 'cp-2'],
+  );
+  assert.deepEqual(freshApiServerHosts({ items: [] }), []);
+});
