@@ -137,7 +137,7 @@ say "\$ kubectl get secrets -n e2e-a -o json | kubectl replace -f -"
 kubectl get secrets -n e2e-a -o json | kubectl replace -f - >/dev/null
 assert_eq 15 "$(count_stored plaintext)" "plaintext Secrets left after kubectl replace of e2e-a"
 say "\$ atrest rewrite --encryption-config enc-v2.yaml --endpoints $ETCD_URL"
-assert_exit 0 "atrest rewrite" -- atrest rewrite --encryption-config "$W/enc-v2.yaml" --endpoints "$ETCD_URL"
+assert_exit 0 "atrest rewrite" -- atrest rewrite --encryption-config "$W/enc-v2.yaml" --endpoints "$ETCD_URL" --kubeconfig "$W/kubeconfig"
 scan_expect enc-v2.yaml 0 plaintext=0 stale=0
 assert_all_stored "$V2_PREFIX"
 assert_all_read_back
@@ -155,7 +155,7 @@ step "3b. switch aescbc -> kms: reorder the providers, restart the API server, r
 restart_apiserver "$W/enc-kms-first.yaml"
 scan_expect enc-kms-first.yaml 0 stale="$(wc -l < "$W/stored.txt")"
 say "\$ atrest rewrite --encryption-config enc-kms-first.yaml --endpoints $ETCD_URL"
-assert_exit 0 "atrest rewrite" -- atrest rewrite --encryption-config "$W/enc-kms-first.yaml" --endpoints "$ETCD_URL"
+assert_exit 0 "atrest rewrite" -- atrest rewrite --encryption-config "$W/enc-kms-first.yaml" --endpoints "$ETCD_URL" --kubeconfig "$W/kubeconfig"
 scan_expect enc-kms-first.yaml 0 plaintext=0 stale=0
 assert_all_stored "$V2_PREFIX"
 assert_all_read_back
@@ -171,7 +171,7 @@ assert_all_read_back
 
 step "3d. enable kms again (kms first, restart, rewrite)"
 restart_apiserver "$W/enc-kms-first.yaml"
-assert_exit 0 "atrest rewrite" -- atrest rewrite --encryption-config "$W/enc-kms-first.yaml" --endpoints "$ETCD_URL"
+assert_exit 0 "atrest rewrite" -- atrest rewrite --encryption-config "$W/enc-kms-first.yaml" --endpoints "$ETCD_URL" --kubeconfig "$W/kubeconfig"
 scan_expect enc-kms-first.yaml 0 plaintext=0 stale=0
 assert_all_stored "$V2_PREFIX"
 assert_all_read_back
@@ -205,7 +205,7 @@ scan_expect enc-kms-first.yaml 0 stale="$old"
 say "\$ etcdctl snapshot save snapshot.db   (for step 6)"
 etcdctl snapshot save "$W/snapshot.db" >/dev/null 2>&1
 say "\$ atrest rewrite --encryption-config enc-kms-first.yaml --endpoints $ETCD_URL"
-assert_exit 0 "atrest rewrite" -- atrest rewrite --encryption-config "$W/enc-kms-first.yaml" --endpoints "$ETCD_URL"
+assert_exit 0 "atrest rewrite" -- atrest rewrite --encryption-config "$W/enc-kms-first.yaml" --endpoints "$ETCD_URL" --kubeconfig "$W/kubeconfig"
 assert_all_stored "$V2_PREFIX" "$k2"
 scan_expect enc-kms-first.yaml 0 plaintext=0 stale=0
 assert_all_read_back
@@ -254,8 +254,12 @@ for name in secret1 rot-before; do
 done
 
 step "6b. retire the old KEK: etcd still reads back, the snapshot's old values no longer decrypt"
-say "\$ atrest keys retire $k1 --keyring keyring.json --force && kill -HUP <plugin>"
-atrest keys retire "$k1" --keyring "$W/keyring.json" --force >/dev/null
+say "\$ atrest scan --encryption-config enc-kms-first.yaml --expect-key $k2 --kubeconfig kubeconfig"
+assert_exit 0 "atrest scan --expect-key (everything under the new key_id, the API server writes with it)" -- \
+  atrest scan --encryption-config "$W/enc-kms-first.yaml" --endpoints "$ETCD_URL" --expect-key "$k2" --kubeconfig "$W/kubeconfig"
+say "\$ atrest keys retire $k1 --keyring keyring.json --check-etcd && kill -HUP <plugin>"
+assert_exit 0 "atrest keys retire --check-etcd" -- \
+  atrest keys retire "$k1" --keyring "$W/keyring.json" --check-etcd --endpoints "$ETCD_URL"
 kill -HUP "$PLUGIN_PID"
 sleep 1
 assert_eq "$k2" "$(plugin_key_id)" "plugin Status key_id after retiring the old key"

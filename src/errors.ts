@@ -42,6 +42,8 @@ export type ErrorCode =
   | 'ERR_ETCD_CONFLICT'
   | 'ERR_API'
   | 'ERR_CHECKPOINT_INVALID'
+  | 'ERR_SELECTION_EMPTY'
+  | 'ERR_APISERVER_KEY_ID'
   // anything we chose not to do
   | 'ERR_NOT_SUPPORTED';
 

@@ -8,6 +8,8 @@ import { stringify } from 'yaml';
 import { AtrestError } from '../errors.js';
 import type { KeyValue } from '../etcd/client.js';
 import { decryptAll, decryptValue, type DecryptResult } from '../etcd/decrypt.js';
+import { assertSelectionNotEmpty } from '../etcd/empty-selection.js';
+import { BUILT_IN_NAMESPACES, namespaceManifest, namespacesOf, restorableObject } from '../etcd/restore.js';
 import { createSelection, type Selection } from '../etcd/selection.js';
 import { readSnapshot } from '../etcd/snapshot.js';
 import { createMemorySource, type KeyValueSource } from '../etcd/source.js';
@@ -21,7 +23,7 @@ import {
   usageError,
   type EtcdFlags,
 } from './etcd-flags.js';
-import { openEncryption } from './kms-dial.js';
+import { describeUnreachable, openEncryption } from './kms-dial.js';
 import { loadRecoveryKeys, splitList } from './recovery.js';
 import { createRecoveryDialer } from '../recovery/services.js';
 import { renderJson } from './output.js';
@@ -37,13 +39,22 @@ interface DecryptFlags extends EtcdFlags {
   readonly showSecretData?: boolean;
   readonly recoveryKey?: string;
   readonly recoveryShares?: string;
+  readonly allowEmpty?: boolean;
 }
 
-type DecryptOutput = 'yaml' | 'json' | 'raw';
+type DecryptOutput = 'yaml' | 'json' | 'raw' | 'restore';
 
 function parseDecryptOutput(s: string): DecryptOutput {
-  if (s === 'yaml' || s === 'json' || s === 'raw') return s;
-  throw usageError('--output', `unknown format "${s}" (yaml, json or raw)`);
+  if (s === 'yaml' || s === 'json' || s === 'raw' || s === 'restore') return s;
+  throw usageError('--output', `unknown format "${s}" (yaml, json, raw or restore)`);
+}
+
+/** `-o restore`: one create-ready manifest (or a comment saying why this value cannot be restored). */
+function restoreDoc(r: DecryptResult): { text: string; ok: boolean } {
+  if (!r.ok) return { text: `# ${describeFailure(r)}\n`, ok: false };
+  const m = restorableObject(r.object);
+  if (!m.ok) return { text: `# ${r.key}: not restored: ${m.reason}\n`, ok: false };
+  return { text: `# ${r.key}\n${stringify(m.object)}`, ok: true };
 }
 
 function describeFailure(r: Extract<DecryptResult, { ok: false }>): string {
@@ -83,10 +94,18 @@ export function registerDecrypt(program: Command): void {
     .option('--resource <list>', 'with --all: resources to print (secrets,configmaps,...)')
     .option('--snapshot <file>', 'read an etcd snapshot file (etcdctl snapshot save) instead of a live etcd')
     .option('--value-file <file>', 'decrypt this raw stored value (- for stdin); needs --etcd-key for its authenticated data')
-    .addOption(new Option('-o, --output <format>', 'yaml, json, or raw (the decrypted bytes; one key only)').default('yaml'))
+    .addOption(
+      new Option(
+        '-o, --output <format>',
+        'yaml, json, raw (the decrypted bytes, protobuf for built-in kinds; one key only), or restore ' +
+          '(Namespaces first, no uid/resourceVersion/creationTimestamp/managedFields/ownerReferences/last-applied: ' +
+          'for "kubectl create -f"; needs --show-secret-data)',
+      ).default('yaml'),
+    )
     .option('--show-secret-data', 'print Secret data instead of REDACTED')
     .option('--recovery-key <files>', 'break-glass: read kms values through their recovery seals with these private keys, no KMS needed')
-    .option('--recovery-shares <files>', 'break-glass: as --recovery-key, from K share files of one recovery key (comma-separated)');
+    .option('--recovery-shares <files>', 'break-glass: as --recovery-key, from K share files of one recovery key (comma-separated)')
+    .option('--allow-empty', 'with --all: accept a prefix or resource that holds no key (otherwise exit status 4)');
   addEtcdOptions(cmd);
   cmd.action(async (flags: DecryptFlags) => {
     const output = parseDecryptOutput(flags.output);
@@ -101,6 +120,9 @@ export function registerDecrypt(program: Command): void {
       throw usageError('--value-file', 'use either --value-file or --snapshot');
     }
     if (output === 'raw' && flags.all) throw usageError('--output', 'raw prints one value: use it with --etcd-key');
+    if (output === 'restore' && flags.showSecretData !== true) {
+      throw usageError('--output', 'restore writes Secret data (a restore without it would be useless): add --show-secret-data');
+    }
     const etcdPrefix = etcdPrefixOf(flags);
     const recoveryKeys = await loadRecoveryKeys(splitList(flags.recoveryKey), splitList(flags.recoveryShares));
     const enc = await openEncryption({
@@ -113,6 +135,12 @@ export function registerDecrypt(program: Command): void {
     const client = flags.snapshot === undefined && flags.valueFile === undefined ? createEtcdClient(flags) : undefined;
     try {
       for (const w of enc.warnings) process.stderr.write(`warning: ${w}\n`);
+      if (enc.unreachable.length > 0) {
+        process.stderr.write(
+          `warning: ${describeUnreachable(enc.unreachable)}; values stored with it cannot be decrypted now ` +
+            '(each is reported at once, without waiting for its timeout). Start the plugin and rerun to decrypt them\n',
+        );
+      }
       const options = { policies: enc.policies, showSecretData };
       if (flags.etcdKey !== undefined) {
         const key = Buffer.from(flags.etcdKey, 'utf8');
@@ -133,7 +161,11 @@ export function registerDecrypt(program: Command): void {
           process.exitCode = EXIT_FINDINGS;
           return;
         }
-        if (output === 'raw') {
+        if (output === 'restore') {
+          const doc = restoreDoc(r);
+          process.stdout.write(doc.text);
+          if (!doc.ok) process.exitCode = EXIT_FINDINGS;
+        } else if (output === 'raw') {
           if (r.object.kind === 'Secret' && !showSecretData) {
             throw usageError('--output', 'raw output of a Secret contains its data: add --show-secret-data');
           }
@@ -150,22 +182,49 @@ export function registerDecrypt(program: Command): void {
         ...(resources ? { resources } : {}),
       });
       let source: KeyValueSource;
+      let whole: () => KeyValueSource = () => source;
       if (flags.snapshot !== undefined) {
+        const snapshot = flags.snapshot;
         const inRanges = (k: Buffer): boolean =>
           selection.ranges.some((r) => Buffer.compare(k, r.start) >= 0 && Buffer.compare(k, r.end) < 0);
-        source = createMemorySource(readSnapshot(flags.snapshot, { filter: inRanges }));
+        source = createMemorySource(readSnapshot(snapshot, { filter: inRanges }));
+        // Only when nothing matched: every key of the snapshot (no values), to say where the data is.
+        whole = () => {
+          const keys = new Map<string, Buffer>();
+          readSnapshot(snapshot, { filter: (k) => (keys.set(k.toString('latin1'), k), false) });
+          return createMemorySource(
+            [...keys.values()]
+              .sort(Buffer.compare)
+              .map((key) => ({ key, value: Buffer.alloc(0), createRevision: 0, modRevision: 0, version: 0 })),
+          );
+        };
       } else {
         source = client!;
       }
+      if (!flags.allowEmpty) await assertSelectionNotEmpty('decrypt --all', source, selection, etcdPrefix, whole);
       let failures = 0;
       let first = true;
       if (output === 'json') process.stdout.write('[');
+      if (output === 'restore') {
+        const namespaces = await namespacesOf(source, selection, enc.policies, etcdPrefix);
+        for (const ns of namespaces.filter((n) => !BUILT_IN_NAMESPACES.includes(n))) {
+          process.stdout.write(`${first ? '' : '---\n'}${stringify(namespaceManifest(ns))}`);
+          first = false;
+        }
+      }
       for await (const r of decryptAll(source, selection, options)) {
         if (!r.ok) {
           failures++;
           process.stderr.write(`atrest: ${describeFailure(r)}\n`);
         }
-        if (output === 'json') {
+        if (output === 'restore') {
+          const doc = restoreDoc(r);
+          if (r.ok && !doc.ok) {
+            failures++;
+            process.stderr.write(`atrest: ${doc.text.slice(2)}`);
+          }
+          process.stdout.write(`${first ? '' : '---\n'}${doc.text}`);
+        } else if (output === 'json') {
           process.stdout.write(`${first ? '\n' : ',\n'}${JSON.stringify(record(r), null, 2)}`);
         } else {
           process.stdout.write(`${first ? '' : '---\n'}${yamlDoc(r)}`);

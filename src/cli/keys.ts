@@ -14,6 +14,45 @@ import {
   writeKeyringFile,
 } from '../backends/keyring-file.js';
 import { parseOutputFormat, renderJson, renderTable } from './output.js';
+import { prefixRangeEnd } from '../etcd/client.js';
+import { describeStoredValue } from '../transformers/describe.js';
+import { addEtcdOptions, createEtcdClient, etcdPrefixOf, type EtcdFlags } from './etcd-flags.js';
+import { EXIT_FINDINGS } from './exit.js';
+
+/** Keys listed when etcd still holds values under a key that is about to be retired. */
+const LISTED_REMAINING = 10;
+
+interface RetireFlags extends EtcdFlags {
+  readonly keyring: string;
+  readonly force: boolean;
+  readonly checkEtcd?: boolean;
+}
+
+/** Every value under the prefix still stored under kms v2 key_id `id` (keys only; values are not kept). */
+async function valuesUnderKey(flags: RetireFlags, id: string): Promise<{ checked: number; remaining: string[]; total: number; kmsV1: number }> {
+  const client = createEtcdClient(flags);
+  const start = Buffer.from(etcdPrefixOf(flags));
+  const remaining: string[] = [];
+  let checked = 0;
+  let total = 0;
+  let kmsV1 = 0;
+  try {
+    for await (const page of client.pages(start, prefixRangeEnd(start), { pageSize: 500 })) {
+      for (const kv of page) {
+        checked++;
+        const info = describeStoredValue(kv.value);
+        if (info.format === 'kms-v1') kmsV1++;
+        if (info.format === 'kms-v2' && info.keyID === id) {
+          total++;
+          if (remaining.length < LISTED_REMAINING) remaining.push(kv.key.toString('utf8'));
+        }
+      }
+    }
+  } finally {
+    await client.close();
+  }
+  return { checked, remaining, total, kmsV1 };
+}
 
 const keyringOption = (): Option =>
   new Option('--keyring <file>', 'keyring file').env('ATREST_KEYRING').makeOptionMandatory();
@@ -83,24 +122,51 @@ export function registerKeys(program: Command): void {
       );
     });
 
-  keys
+  const retire = keys
     .command('retire')
-    .description('remove a key for good (requires --force): data it wrapped becomes unreadable')
+    .description(
+      'remove a key for good: data it wrapped becomes unreadable, in etcd and in every older etcd snapshot. ' +
+        'With --check-etcd it first makes sure no value in etcd is still stored under it',
+    )
     .argument('<id>', 'key id (see "atrest keys list")')
     .addOption(keyringOption())
-    .option('--force', 'really remove the key', false)
-    .action(async (id: string, opts: { keyring: string; force: boolean }) => {
+    .option('--check-etcd', 'look in etcd (etcdctl flags below) for kms v2 values still under this key_id first; refuse while any remain')
+    .option('--force', 'retire without --check-etcd, or although values remain', false);
+  addEtcdOptions(retire);
+  retire.action(async (id: string, opts: RetireFlags) => {
       const before = await readKeyringFile(opts.keyring);
       const after = retireKey(before, id, new Date());
       warn(
-        `WARNING: every DEK wrapped by key ${id} becomes permanently unreadable once it is retired.\n` +
-          'Only retire a key after all stored data was re-encrypted under a newer key\n' +
-          '(see docs/plugin.md, "Rotating keys").\n',
+        `WARNING: every DEK wrapped by key ${id} becomes permanently unreadable once it is retired:\n` +
+          '  - in etcd: retire only after "atrest rewrite" moved everything to a newer key and\n' +
+          '    "atrest scan --expect-key <new key_id>" confirmed that every kube-apiserver writes with it;\n' +
+          '  - in backups: every etcd snapshot taken while values were stored under this key can no longer\n' +
+          `    be decrypted. Keep an offline copy of ${opts.keyring} for as long as you keep such snapshots.\n`,
       );
-      if (!opts.force) {
+      if (opts.checkEtcd) {
+        const found = await valuesUnderKey(opts, id);
+        if (found.kmsV1 > 0) {
+          warn(`note: ${found.kmsV1} kms v1 value(s) do not show their key in etcd; "atrest scan --decrypt" proves they decrypt\n`);
+        }
+        if (found.total > 0) {
+          warn(
+            `etcd still holds ${found.total} value(s) stored under key_id ${id} (of ${found.checked} checked under ${etcdPrefixOf(opts)}):\n` +
+              found.remaining.map((k) => `  ${k}\n`).join('') +
+              (found.total > found.remaining.length ? `  ... and ${found.total - found.remaining.length} more\n` : '') +
+              'rewrite them first ("atrest rewrite"), then check again.\n',
+          );
+          if (!opts.force) {
+            warn(`not retiring ${id} (--force retires it anyway, making those values unreadable)\n`);
+            process.exitCode = EXIT_FINDINGS;
+            return;
+          }
+        } else {
+          say(`etcd: none of the ${found.checked} value(s) under ${etcdPrefixOf(opts)} is stored under key_id ${id}\n`);
+        }
+      } else if (!opts.force) {
         throw new AtrestError(
           'ERR_CONFIG_INVALID',
-          `not retiring ${id}: re-run with --force to remove it`,
+          `not retiring ${id}: check etcd first with --check-etcd (and the etcd flags), or re-run with --force`,
         );
       }
       await writeKeyringFile(opts.keyring, after, { exclusive: false, random: randomBytes });

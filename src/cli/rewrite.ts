@@ -6,7 +6,16 @@ import { Option, type Command } from 'commander';
 import { rmSync } from 'node:fs';
 import { createJsonLogger } from '../logger.js';
 import { rewrite, UndecryptableValuesError, type RewriteReport } from '../etcd/rewrite.js';
-import { EXIT_FINDINGS } from './exit.js';
+import { assertSelectionNotEmpty } from '../etcd/empty-selection.js';
+import type { ApiServerKeyState } from '../api/apiserver-key-id.js';
+import {
+  addApiServerCheckOptions,
+  confirmApiServers,
+  expectedKmsV2Keys,
+  renderApiServerStates,
+  type ApiServerCheckFlags,
+} from './apiserver-check.js';
+import { describeError, EXIT_FINDINGS } from './exit.js';
 import {
   addEtcdOptions,
   createEtcdClient,
@@ -23,7 +32,7 @@ import { parseOutputFormat, renderJson, renderTable } from './output.js';
 import { createProgress } from './progress.js';
 import { renderScanReport } from './scan.js';
 
-interface RewriteFlags extends EtcdFlags {
+interface RewriteFlags extends EtcdFlags, ApiServerCheckFlags {
   readonly encryptionConfig?: string;
   readonly resource?: string;
   readonly all?: boolean;
@@ -34,28 +43,32 @@ interface RewriteFlags extends EtcdFlags {
   readonly skipUndecryptable?: boolean;
   readonly output: string;
   readonly viaApi?: boolean;
-  readonly kubeconfig?: string;
-  readonly context?: string;
+  readonly allowEmpty?: boolean;
 }
 
-export function renderRewriteReport(r: RewriteReport): string {
+export function renderRewriteReport(r: RewriteReport, apiservers: readonly ApiServerKeyState[] = []): string {
   const c = r.counts;
+  const t = r.countsThisRun;
+  // A resumed run: the preflight only saw what was left; the write counts also exist since the first run.
+  const row = (label: string, thisRun: number, allRuns?: number): string[] =>
+    r.resumed ? [label, String(thisRun), allRuns === undefined ? '-' : String(allRuns)] : [label, String(thisRun)];
   const rows: string[][] = [
-    ['values checked', String(r.preflight.scanned)],
-    ['needed a rewrite', String(r.preflight.toRewrite)],
-    ['already current', String(r.preflight.current)],
-    ['undecryptable', String(r.preflight.undecryptable)],
+    row('values checked', r.preflight.scanned),
+    row('needed a rewrite', r.preflight.toRewrite),
+    row('already current', r.preflight.current),
+    row('undecryptable', r.preflight.undecryptable),
   ];
   if (!r.dryRun) {
     rows.push(
-      ['rewritten (read back and verified)', String(c.rewritten)],
-      ['conflicts with concurrent writers (re-read, retried)', String(c.conflicts)],
-      ['deleted while running', String(c.deleted)],
-      ['left untouched: undecryptable', String(c.skippedUndecryptable)],
-      ['failed', String(c.failed)],
+      row('rewritten (read back and verified)', t.rewritten, c.rewritten),
+      row('conflicts with concurrent writers (re-read, retried)', t.conflicts, c.conflicts),
+      row('deleted while running', t.deleted, c.deleted),
+      row('left untouched: undecryptable', t.skippedUndecryptable, c.skippedUndecryptable),
+      row('failed', t.failed, c.failed),
     );
   }
-  let out = renderTable([r.dryRun ? 'DRY RUN' : 'REWRITE', r.resumed ? 'COUNT (since the first run)' : 'COUNT'], rows);
+  const headers = [r.dryRun ? 'DRY RUN' : 'REWRITE', ...(r.resumed ? ['THIS RUN', 'ALL RUNS'] : ['COUNT'])];
+  let out = renderTable(headers, rows);
   if (r.undecryptable.length > 0) {
     out += `\nundecryptable values (left untouched):\n`;
     for (const u of r.undecryptable.slice(0, 50)) {
@@ -67,6 +80,7 @@ export function renderRewriteReport(r: RewriteReport): string {
     for (const f of r.failures.slice(0, 50)) out += `  ${f.key}: ${f.reason}\n`;
   }
   if (r.finalScan) out += `\nverification scan of everything covered (${r.selection}):\n${renderScanReport(r.finalScan, 'verification')}`;
+  if (apiservers.length > 0) out += `\n${renderApiServerStates(apiservers)}`;
   if (r.dryRun) {
     out += `\ndry run: ${r.preflight.toRewrite} value(s) would be rewritten; nothing was written\n`;
   } else {
@@ -99,8 +113,13 @@ export function registerRewrite(program: Command): void {
     .option('--skip-undecryptable', 'rewrite the rest when some values cannot be decrypted (they are listed, never touched)')
     .addOption(new Option('-o, --output <format>', 'table or json').default('table'))
     .option('--via-api', 'rewrite through the Kubernetes API (no-op JSON merge patches) instead of etcd')
-    .option('--kubeconfig <file>', 'kubeconfig for --via-api (default: $KUBECONFIG, ~/.kube/config, in-cluster)')
-    .option('--context <name>', 'kubeconfig context for --via-api');
+    .option(
+      '--kubeconfig <file>',
+      "with --via-api: the API to rewrite through (default: $KUBECONFIG, ~/.kube/config, in-cluster); otherwise: read each kube-apiserver's /metrics to confirm it writes with the kms v2 plugin's current key_id",
+    )
+    .option('--context <name>', 'kubeconfig context')
+    .option('--allow-empty', 'accept a prefix or resource that holds no key (otherwise exit status 4)');
+  addApiServerCheckOptions(cmd, false);
   addEtcdOptions(cmd);
   cmd.action(async (flags: RewriteFlags) => {
     const output = parseOutputFormat(flags.output);
@@ -110,9 +129,6 @@ export function registerRewrite(program: Command): void {
     if (flags.viaApi) {
       await rewriteViaApi(flags, concurrency, rate, output);
       return;
-    }
-    if (flags.kubeconfig !== undefined || flags.context !== undefined) {
-      throw usageError('--kubeconfig', '--kubeconfig and --context only apply with --via-api');
     }
     if (flags.encryptionConfig === undefined) {
       throw usageError('--encryption-config', 'required (the providers and keys to rewrite with)');
@@ -128,6 +144,12 @@ export function registerRewrite(program: Command): void {
     try {
       for (const w of enc.warnings) process.stderr.write(`warning: ${w}\n`);
       const selection = selectionFromFlags(flags, etcdPrefix, enc.config);
+      if (!flags.allowEmpty) await assertSelectionNotEmpty('rewrite', client, selection, etcdPrefix);
+      // Before writing: a kube-apiserver still on the old key_id would keep writing values that need it.
+      const expected = expectedKmsV2Keys(enc);
+      if (!flags.dryRun) await confirmApiServers('rewrite', flags, expected);
+      let total = 0;
+      for (const r of selection.ranges) total += (await client.range(r.start, { rangeEnd: r.end, countOnly: true })).count;
       let report: RewriteReport;
       try {
         report = await rewrite({
@@ -141,6 +163,7 @@ export function registerRewrite(program: Command): void {
           ...(flags.dryRun ? { dryRun: true } : {}),
           ...(flags.resume !== undefined ? { checkpointPath: flags.resume } : {}),
           ...(flags.skipUndecryptable ? { skipUndecryptable: true } : {}),
+          total,
           onProgress: (p) => progress.update(p.done, p.total, p.phase),
         });
       } catch (err) {
@@ -153,7 +176,23 @@ export function registerRewrite(program: Command): void {
         throw err;
       }
       progress.finish();
-      process.stdout.write(output === 'json' ? renderJson(report) : renderRewriteReport(report));
+      // And after: the verdict "converged" includes every API server writing with the current key_id.
+      let apiservers: readonly ApiServerKeyState[] = [];
+      let apiserverProblem: string | undefined;
+      if (!report.dryRun && report.converged) {
+        try {
+          apiservers = await confirmApiServers('rewrite', flags, expected);
+        } catch (err) {
+          apiserverProblem = describeError(err);
+          report = { ...report, converged: false };
+        }
+      }
+      process.stdout.write(
+        output === 'json'
+          ? renderJson({ ...report, apiservers, ...(apiserverProblem ? { apiserverProblem } : {}) })
+          : renderRewriteReport(report, apiservers),
+      );
+      if (apiserverProblem !== undefined) process.stderr.write(`atrest: ${apiserverProblem}\n`);
       if (!report.dryRun && report.converged && flags.resume !== undefined) {
         rmSync(flags.resume, { force: true });
         if (output !== 'json') process.stdout.write(`checkpoint ${flags.resume} removed (rewrite complete)\n`);

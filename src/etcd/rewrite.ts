@@ -66,6 +66,8 @@ export interface RewriteOptions {
   /** Conflict retries per key before it is reported as failed. */
   readonly maxConflictRetries?: number;
   readonly onProgress?: (p: RewriteProgress) => void;
+  /** Keys in the selection's ranges (etcd count), shown as the preflight's and verification's total. */
+  readonly total?: number;
   /** Skip the verification scan at the end (benchmarks measure it separately). */
   readonly skipFinalScan?: boolean;
   /** Test hook: runs between reading a value and its conditional write (to inject a concurrent writer). */
@@ -78,7 +80,10 @@ export interface RewriteReport {
   readonly selection: string;
   readonly resumed: boolean;
   readonly preflight: { scanned: number; toRewrite: number; current: number; undecryptable: number };
+  /** Since the first run of a resumed rewrite (the checkpoint's totals plus this run). */
   readonly counts: CheckpointCounts;
+  /** This run only (equal to counts unless resumed). */
+  readonly countsThisRun: CheckpointCounts;
   /** Undecryptable values seen (listed when skipped, or the reason the run was refused). */
   readonly undecryptable: UndecryptableValue[];
   readonly failures: FailedValue[];
@@ -168,6 +173,12 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
     };
   }
   const counts: CheckpointCounts = checkpoint ? { ...checkpoint.counts } : emptyCounts();
+  const initialCounts: CheckpointCounts = { ...counts };
+  const thisRun = (): CheckpointCounts => {
+    const out = emptyCounts();
+    for (const k of Object.keys(out) as (keyof CheckpointCounts)[]) out[k] = counts[k] - initialCounts[k];
+    return out;
+  };
   const progressOf = (r: KeyRange): { lastKey: string; complete: boolean } =>
     checkpoint?.ranges.find((p) => p.start === rangeId(r)) ?? { lastKey: '', complete: false };
   const startOf = (r: KeyRange): Buffer => {
@@ -216,7 +227,7 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
           } else if (c.state === 'current') preflight.current++;
           else preflight.toRewrite++;
         });
-        options.onProgress?.({ phase: 'preflight', done: preflight.scanned, total: 0, rewritten: 0 });
+        options.onProgress?.({ phase: 'preflight', done: preflight.scanned, total: options.total ?? 0, rewritten: 0 });
       },
     );
   }
@@ -230,6 +241,7 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
       resumed,
       preflight,
       counts,
+      countsThisRun: thisRun(),
       undecryptable,
       failures: [],
       converged: preflight.toRewrite === 0 && undecryptableTotal === 0,
@@ -354,7 +366,7 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
       decrypt: true,
       concurrency,
       pageSize,
-      onProgress: (n) => options.onProgress?.({ phase: 'verify', done: n, total, rewritten: counts.rewritten }),
+      onProgress: (n) => options.onProgress?.({ phase: 'verify', done: n, total: options.total ?? total, rewritten: counts.rewritten }),
     });
   }
   const skipped = new Set(undecryptable.map((u) => u.key));
@@ -371,6 +383,7 @@ export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
     resumed,
     preflight,
     counts,
+    countsThisRun: thisRun(),
     undecryptable,
     failures,
     ...(finalScan ? { finalScan } : {}),

@@ -26,6 +26,18 @@ export interface Selection {
   includes(policy: ResourcePolicy): boolean;
   /** e.g. `secrets,configmaps` or `all under /registry/`; recorded in checkpoints. */
   readonly label: string;
+  /**
+   * Each selected resource (or the whole prefix, for --all and wildcards) with the key ranges it is
+   * stored under: the commands refuse to report success when one of them holds no key at all.
+   */
+  readonly parts: readonly SelectionPart[];
+}
+
+export interface SelectionPart {
+  /** `secrets`, `*.apps`, or `all under /registry/`. */
+  readonly resource: string;
+  readonly group?: GroupResource;
+  readonly ranges: readonly KeyRange[];
 }
 
 export interface SelectionOptions {
@@ -55,7 +67,8 @@ export function createSelection(options: SelectionOptions): Selection {
   const prefix = normalizeEtcdPrefix(options.etcdPrefix);
   const whole: KeyRange = { start: Buffer.from(prefix), end: prefixRangeEnd(Buffer.from(prefix)) };
   if (options.all) {
-    return { ranges: [whole], includes: () => true, label: `all under ${prefix}` };
+    const label = `all under ${prefix}`;
+    return { ranges: [whole], includes: () => true, label, parts: [{ resource: label, ranges: [whole] }] };
   }
   let items: GroupResource[];
   if (options.resources && options.resources.length > 0) {
@@ -66,10 +79,16 @@ export function createSelection(options: SelectionOptions): Selection {
   const label = items.map(formatGroupResource).join(',');
   const wildcard = items.some((i) => i.group === '*' || i.resource === '*');
   const includes = (policy: ResourcePolicy): boolean => items.some((i) => matches(i, policy.groupResource));
-  if (wildcard) return { ranges: [whole], includes, label };
+  const rangeOf = (s: string): KeyRange => ({ start: Buffer.from(s), end: prefixRangeEnd(Buffer.from(s)) });
+  const parts: SelectionPart[] = items.map((gr) => {
+    const name = formatGroupResource(gr);
+    if (gr.group === '*' || gr.resource === '*') return { resource: name, ranges: [whole] };
+    return { resource: name, group: gr, ranges: storagePrefixes(gr, prefix).map(rangeOf) };
+  });
+  if (wildcard) return { ranges: [whole], includes, label, parts };
   const starts = [...new Set(items.flatMap((gr) => storagePrefixes(gr, prefix)))].sort();
   // Drop a path nested inside another selected path, so no key is visited twice.
   const disjoint = starts.filter((s, i) => !starts.some((o, j) => j !== i && s !== o && s.startsWith(o)));
-  const ranges = disjoint.map((s) => ({ start: Buffer.from(s), end: prefixRangeEnd(Buffer.from(s)) }));
-  return { ranges, includes, label };
+  const ranges = disjoint.map(rangeOf);
+  return { ranges, includes, label, parts };
 }

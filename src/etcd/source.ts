@@ -4,7 +4,8 @@
 import type { KeyValue } from './client.js';
 
 export interface KeyValueSource {
-  pages(start: Uint8Array, end: Uint8Array, options?: { pageSize?: number }): AsyncIterable<KeyValue[]>;
+  /** keysOnly is a hint (a live etcd then sends no values); a source may still return them. */
+  pages(start: Uint8Array, end: Uint8Array, options?: { pageSize?: number; keysOnly?: boolean }): AsyncIterable<KeyValue[]>;
 }
 
 /** A sorted in-memory list (a snapshot) served as pages of a range. */

@@ -178,6 +178,10 @@ describe('rewrite safety on a real etcd', () => {
     assert.equal(report.converged, true);
     // counts carry over from the killed run: the keys it wrote after its last checkpoint are current now
     assert.equal(report.counts.rewritten + report.counts.alreadyCurrent >= 500, true);
+    // two scopes, kept apart: this run's writes match this run's preflight; all runs add the checkpoint's
+    assert.equal(report.countsThisRun.rewritten, report.preflight.toRewrite);
+    assert.equal(report.countsThisRun.alreadyCurrent, report.preflight.current);
+    assert.equal(report.counts.rewritten, saved.counts.rewritten + report.countsThisRun.rewritten);
     assert.equal(existsSync(checkpoint), false, 'the checkpoint is removed once the rewrite is complete');
     await assertConverged(client, 'crash', expected);
   });

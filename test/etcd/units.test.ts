@@ -200,3 +200,64 @@ describe('small helpers', () => {
     assert.equal(formatProgress('scanning', 7, 0, 0), 'scanning 7');
   });
 });
+
+describe('restore manifests and table labels', () => {
+  test('restorableObject drops server-owned metadata, owner references and the last-applied annotation', async () => {
+    const { restorableObject } = await import('../../src/etcd/restore.js');
+    const r = restorableObject({
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: {
+        name: 'db',
+        namespace: 'prod',
+        uid: 'u-1',
+        resourceVersion: '42',
+        creationTimestamp: '2026-01-01T00:00:00Z',
+        managedFields: [{ manager: 'kubectl' }],
+        ownerReferences: [{ uid: 'gone' }],
+        labels: { app: 'db' },
+        annotations: { 'kubectl.kubernetes.io/last-applied-configuration': '{"data":{}}', keep: 'me' },
+      },
+      data: { password: 'cHc=' },
+      type: 'Opaque',
+    });
+    assert.ok(r.ok);
+    assert.deepEqual(r.object, {
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name: 'db', namespace: 'prod', labels: { app: 'db' }, annotations: { keep: 'me' } },
+      data: { password: 'cHc=' },
+      type: 'Opaque',
+    });
+    const partial = restorableObject({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'x' }, rawSize: 100 });
+    assert.equal(partial.ok, false);
+  });
+
+  test('table labels shorten long key ids to their last 8 characters and leave short ones', async () => {
+    const { shortenKeyIds } = await import('../../src/cli/scan.js');
+    assert.equal(shortenKeyIds('kms-v2/atrest key_id=k20261128T081107Z-0fc8e322e971566c'), 'kms-v2/atrest key_id=…e971566c');
+    assert.equal(shortenKeyIds('kms-v2/atrest key_id=1'), 'kms-v2/atrest key_id=1');
+    assert.equal(shortenKeyIds('aescbc/key1'), 'aescbc/key1');
+  });
+});
+
+test('a resumed rewrite report keeps this run and all runs in separate columns', async () => {
+  const { renderRewriteReport } = await import('../../src/cli/rewrite.js');
+  const counts = { rewritten: 300, alreadyCurrent: 0, conflicts: 2, deleted: 0, skippedUndecryptable: 0, failed: 0 };
+  const thisRun = { rewritten: 100, alreadyCurrent: 0, conflicts: 0, deleted: 0, skippedUndecryptable: 0, failed: 0 };
+  const text = renderRewriteReport({
+    dryRun: false,
+    selection: 'secrets',
+    resumed: true,
+    preflight: { scanned: 100, toRewrite: 100, current: 0, undecryptable: 0 },
+    counts,
+    countsThisRun: thisRun,
+    undecryptable: [],
+    failures: [],
+    converged: true,
+  });
+  assert.match(text, /^REWRITE\s+THIS RUN\s+ALL RUNS$/m);
+  assert.match(text, /^values checked\s+100\s+-$/m);
+  assert.match(text, /^rewritten \(read back and verified\)\s+100\s+300$/m);
+  assert.doesNotMatch(text, /since the first run/);
+});
