@@ -10,7 +10,7 @@
 
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { AtrestError } from '../errors.js';
 import { keyIDHash } from '../transformers/kms-v2-validation.js';
 
@@ -21,8 +21,8 @@ const STATUS_METRIC = 'apiserver_envelope_encryption_key_id_hash_status_last_tim
 const USE_METRIC = 'apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds';
 
 export interface ApiServerTarget {
-  readonly kubeconfig: string;
-  readonly context?: string;
+  /** Loaded by the caller (src/cli/kubeconfig.ts). */
+  readonly kubeConfig: KubeConfig;
   /** Each API server's URL when several serve behind one address; default: the kubeconfig's server. */
   readonly servers?: readonly string[];
 }
@@ -120,20 +120,6 @@ export function judgeKeyUse(server: string, metrics: { status: Sample[]; use: Sa
   return { ...state, ok: true };
 }
 
-async function loadKubeConfig(target: ApiServerTarget): Promise<KubeConfig> {
-  const kc = new KubeConfig();
-  try {
-    kc.loadFromFile(target.kubeconfig);
-    if (target.context !== undefined) kc.setCurrentContext(target.context);
-  } catch (err) {
-    throw new AtrestError('ERR_CONFIG_UNREADABLE', `cannot load the kubeconfig ${target.kubeconfig}: ${(err as Error).message}`, { cause: err });
-  }
-  if (kc.getCurrentCluster() === null) {
-    throw new AtrestError('ERR_CONFIG_UNREADABLE', `the kubeconfig ${target.kubeconfig} has no current cluster`);
-  }
-  return kc;
-}
-
 /** GET <server>/metrics with the kubeconfig's credentials; keeps only the envelope key_id lines. */
 async function fetchKeyIdMetrics(kc: KubeConfig, server: string): Promise<string> {
   const opts: https.RequestOptions = { headers: {} };
@@ -222,7 +208,7 @@ async function getText(kc: KubeConfig, href: string, maxBytes: number): Promise<
 
 /** Reads every API server's metrics and judges each expected provider key on each of them. */
 export async function checkApiServerKeyIDs(target: ApiServerTarget, expected: readonly ExpectedKey[]): Promise<ApiServerKeyState[]> {
-  const kc = await loadKubeConfig(target);
+  const kc = target.kubeConfig;
   const base = kc.getCurrentCluster()!.server.replace(/\/$/, '');
   const servers = target.servers && target.servers.length > 0 ? target.servers : [base];
   const out: ApiServerKeyState[] = [];

@@ -8,15 +8,13 @@
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { AtrestError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
 export interface RewriteViaApiOptions {
-  /** kubeconfig file; default: $KUBECONFIG, ~/.kube/config or the in-cluster service account. */
-  readonly kubeconfig?: string;
-  /** kubeconfig context; default: the file's current-context. */
-  readonly context?: string;
+  /** Credentials and server, loaded by the caller (src/cli/kubeconfig.ts). */
+  readonly kubeConfig: KubeConfig;
   /** `resource` or `resource.group`, as in EncryptionConfiguration: `secrets`, `configmaps`, `deployments.apps`. */
   readonly resources: readonly string[];
   /** Patches in flight at once (≥ 1). */
@@ -335,20 +333,7 @@ interface ApiClient {
 }
 
 async function createApiClient(options: RewriteViaApiOptions): Promise<ApiClient> {
-  const kc = new KubeConfig();
-  try {
-    if (options.kubeconfig !== undefined) kc.loadFromFile(options.kubeconfig);
-    else kc.loadFromDefault();
-    if (options.context !== undefined) kc.setCurrentContext(options.context);
-  } catch (err) {
-    throw new AtrestError(
-      'ERR_CONFIG_UNREADABLE',
-      `cannot load the kubeconfig: ${messageOf(err)}`,
-      {
-        cause: err,
-      },
-    );
-  }
+  const kc = options.kubeConfig;
   const cluster = kc.getCurrentCluster();
   if (cluster === null) {
     throw new AtrestError('ERR_CONFIG_UNREADABLE', 'the kubeconfig has no current cluster');

@@ -6,6 +6,7 @@
 import { Option, type Command } from 'commander';
 import type { ApiServerKeyState, ExpectedKey } from '../api/apiserver-key-id.js';
 import type { KmsV2Transformer } from '../transformers/kms-v2.js';
+import { loadKubeConfig } from './kubeconfig.js';
 import { usageError } from './etcd-flags.js';
 import type { EncryptionContext } from './kms-dial.js';
 
@@ -72,8 +73,7 @@ export async function confirmApiServers(
   const servers = flags.apiservers?.split(',').map((s) => s.trim()).filter((s) => s !== '');
   const states = await checkApiServerKeyIDs(
     {
-      kubeconfig: flags.kubeconfig,
-      ...(flags.context !== undefined ? { context: flags.context } : {}),
+      kubeConfig: await loadKubeConfig(flags.kubeconfig, flags.context),
       ...(servers !== undefined ? { servers } : {}),
     },
     expected,

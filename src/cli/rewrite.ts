@@ -5,6 +5,7 @@
 import { Option, type Command } from 'commander';
 import { rmSync } from 'node:fs';
 import { createJsonLogger } from '../logger.js';
+import { loadKubeConfig } from './kubeconfig.js';
 import { rewrite, UndecryptableValuesError, type RewriteReport } from '../etcd/rewrite.js';
 import { assertSelectionNotEmpty } from '../etcd/empty-selection.js';
 import type { ApiServerKeyState } from '../api/apiserver-key-id.js';
@@ -225,8 +226,7 @@ async function rewriteViaApi(flags: RewriteFlags, concurrency: number, rate: num
       dryRun: flags.dryRun === true,
       logger: createJsonLogger((line) => process.stderr.write(line), 'warn'),
       signal: controller.signal,
-      ...(flags.kubeconfig !== undefined ? { kubeconfig: flags.kubeconfig } : {}),
-      ...(flags.context !== undefined ? { context: flags.context } : {}),
+      kubeConfig: await loadKubeConfig(flags.kubeconfig, flags.context),
       ...(flags.resume !== undefined ? { resumeFile: flags.resume } : {}),
     });
     if (output === 'json') process.stdout.write(renderJson(summary));

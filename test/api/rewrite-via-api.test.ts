@@ -2,6 +2,8 @@
 // is involved): stale values get re-encrypted, fresh ones are left alone, expired lists restart,
 // interrupted runs resume, dry runs persist nothing, concurrent kubectl writers cause no failures.
 
+import type { KubeConfig } from '@kubernetes/client-node';
+import { loadKubeConfig } from '../../src/cli/kubeconfig.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -24,6 +26,7 @@ const TOTAL = NAMESPACES.length * PER_NAMESPACE;
 const PREFIX = '/registry/secrets/rw-';
 
 let cp: ControlPlane;
+let kubeConfig: KubeConfig;
 let configs: { aescbc: string; key2First: string; key1First: string };
 
 function writeConfig(file: string, keys: readonly [string, string][]): string {
@@ -51,7 +54,7 @@ function writeConfig(file: string, keys: readonly [string, string][]): string {
 
 function options(extra: Partial<RewriteViaApiOptions> = {}): RewriteViaApiOptions {
   return {
-    kubeconfig: cp.kubeconfig,
+    kubeConfig,
     resources: ['secrets'],
     concurrency: 4,
     pageSize: 25,
@@ -89,6 +92,7 @@ function createSecrets(): void {
 
 before(async () => {
   cp = await startControlPlane();
+  kubeConfig = await loadKubeConfig(cp.kubeconfig, undefined);
   const key1 = randomBytes(32).toString('base64');
   const key2 = randomBytes(32).toString('base64');
   configs = {
