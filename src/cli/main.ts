@@ -18,6 +18,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   scan: async () => (await import('./scan.js')).registerScan,
   rewrite: async () => (await import('./rewrite.js')).registerRewrite,
   decrypt: async () => (await import('./decrypt.js')).registerDecrypt,
+  config: async () => (await import('./config.js')).registerConfig,
 };
 
 /** The package version, from the nearest package.json named atrest above this file. */
