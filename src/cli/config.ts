@@ -37,6 +37,8 @@ function phaseYaml(
   let next = 'Deploy on every API server (restart them one at a time)';
   if (phase.name === 'final' && index > 0) {
     next = 'Deploy on every API server only after "atrest rewrite" with the previous phase converged.';
+  } else if (index + 1 < count && phase.name === 'write') {
+    next += `, then "atrest rewrite" with this file; phase ${index + 2} only after it converged.`;
   } else if (index + 1 < count) {
     next += `, then phase ${index + 2}.`;
   } else if (phase.name === 'write') {
@@ -153,15 +155,17 @@ export function registerConfig(program: Command): void {
                 'converged; only then the next phase\n',
             );
           }
-          for (const [i, p] of plan.phases.entries()) {
-            say(`\n---\n`);
-            say(phaseYaml(p, i, plan.phases.length, fromName, toName, opts.showSecrets));
-          }
-          if (opts.outDir === undefined && !opts.showSecrets) {
-            say(
-              '\n# secrets are REDACTED above: use --out-dir DIR to write these files with their ' +
-                'secrets (mode 0600)\n',
-            );
+          if (opts.outDir === undefined) {
+            for (const [i, p] of plan.phases.entries()) {
+              say(`\n---\n`);
+              say(phaseYaml(p, i, plan.phases.length, fromName, toName, opts.showSecrets));
+            }
+            if (!opts.showSecrets) {
+              say(
+                '\n# secrets are REDACTED above: use --out-dir DIR to write these files with their ' +
+                  'secrets (mode 0600)\n',
+              );
+            }
           }
         }
         for (const w of plan.warnings) warn(`warning: ${w}\n`);
