@@ -42,6 +42,7 @@ async function bash(
   const state = join(root, '.doc-shell-state');
   // Variables a command sets (NEW_KEY=$(...)) are kept for the next commands on the same node.
   const script = [
+    'exec 2>&1',
     'set -o pipefail',
     '__base="$(compgen -v)"',
     `[ -f ${JSON.stringify(state)} ] && . ${JSON.stringify(state)}`,
@@ -86,15 +87,21 @@ async function runCommand(runner: Runner, node: NodeName, c: DocCommand, docs: s
   }
 }
 
+/** Copies FILE (written on node a) to `node` as its API server's config, node paths mapped. */
+export async function placeConfig(cluster: Cluster, file: string, node: NodeName): Promise<string> {
+  const text = await readFile(join(cluster.nodes.a.root, file.split(DOC_NODE_ROOT).join('')), 'utf8');
+  const dir = join(cluster.nodes[node].root, 'apiserver');
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const target = join(dir, file.replaceAll('/', '_'));
+  await writeFile(target, cluster.toNode(text, node), { mode: 0o600 });
+  return target;
+}
+
 /** Deploys FILE (written on node a) on every API server, one at a time, traffic flowing throughout. */
 export async function rollingDeploy(runner: Runner, file: string): Promise<void> {
   const { cluster, traffic } = runner;
-  const text = await readFile(join(cluster.nodes.a.root, file.split(DOC_NODE_ROOT).join('')), 'utf8');
   for (const node of NODES) {
-    const dir = join(cluster.nodes[node].root, 'apiserver');
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const target = join(dir, file.replaceAll('/', '_'));
-    await writeFile(target, cluster.toNode(text, node), { mode: 0o600 });
+    const target = await placeConfig(cluster, file, node);
     await traffic.pause(node);
     const started = Date.now();
     await cluster.startApiserver(node, target);

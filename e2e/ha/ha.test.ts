@@ -11,7 +11,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startCluster, NODES, type Cluster } from './cluster.js';
 import { parseDocSteps, type DocStep } from './doc-steps.js';
-import { keyringInfo, runSteps, waitForWriteKeyID, type Runner } from './doc-runner.js';
+import { keyringInfo, placeConfig, runSteps, waitForWriteKeyID, type Runner } from './doc-runner.js';
 import { startTraffic, TRAFFIC_NAMESPACE, type Traffic } from './traffic.js';
 import { decodeStored, storedSummary } from './stored.js';
 
@@ -63,7 +63,9 @@ test('provider and key changes on two API servers sharing one etcd, as docs/oper
 
   // The starting point of runbook 2: both servers on runbook 1's aescbc configuration.
   await runSteps({ cluster, traffic: undefined as unknown as Traffic, log }, section(sections, 'runbook-1-config'), 'docs/operations.md');
-  await Promise.all(NODES.map((n) => cluster.startApiserver(n, join(cluster.nodes[n].root, 'enc-aescbc.yaml'))));
+  await Promise.all(
+    NODES.map(async (n) => cluster.startApiserver(n, await placeConfig(cluster, 'enc-aescbc.yaml', n))),
+  );
   for (const ns of [TRAFFIC_NAMESPACE, 'ha-probe', 'ha-demo']) {
     const res = await cluster.nodes.a.api('POST', '/api/v1/namespaces', { metadata: { name: ns } });
     assert.equal(res.status, 201, res.body);
@@ -86,10 +88,30 @@ test('provider and key changes on two API servers sharing one etcd, as docs/oper
   });
 
   await t.test('the direct switch the docs warn about: kms first on server A only -> "no matching prefix found" on B', async () => {
+    // The single-deploy order runbook 3 used to give: kms first, aescbc kept second, on one server
+    // while the other still runs the aescbc-only configuration. config stage refuses that switch.
+    const direct = 'stage-kms/2-write.yaml';
+    await runSteps(
+      runner(),
+      [
+        {
+          kind: 'run',
+          on: 'a',
+          commands: [
+            {
+              text: `atrest config stage --from enc-key2.yaml --to ${direct}; echo "exit $?"`,
+              shown: ['direct switch from enc-key2.yaml to 2-write.yaml: NOT SAFE', 'exit 3'],
+              line: 0,
+            },
+          ],
+        },
+      ],
+      'direct switch (test)',
+    );
     // Traffic would write kms values B cannot read; it pauses while the wrong config is in place.
     await traffic!.pause('a');
     await traffic!.pause('b');
-    await cluster.startApiserver('a', join(cluster.nodes.a.root, 'enc-kms.yaml'));
+    await cluster.startApiserver('a', await placeConfig(cluster, direct, 'a'));
     const created = await cluster.nodes.a.api('POST', '/api/v1/namespaces/ha-demo/secrets', {
       metadata: { name: 'direct' },
       data: { v: Buffer.from('x').toString('base64') },
@@ -102,9 +124,10 @@ test('provider and key changes on two API servers sharing one etcd, as docs/oper
     assert.match(get.body, /no matching prefix found/);
     assert.equal(list.status, 500, 'one unreadable Secret fails the whole LIST');
     assert.match(list.body, /no matching prefix found/);
-    // Back to the configuration in force; the demo's value (readable by no one now) goes directly.
-    await cluster.startApiserver('a', join(cluster.nodes.a.root, 'apiserver', 'stage-key2_3-final.yaml'));
+    // Undo: the demo's value goes (straight from etcd: B cannot read it, so cannot delete it either),
+    // then A returns to the configuration in force.
     cluster.etcdctl(['del', `${SECRETS}ha-demo/direct`]);
+    await cluster.startApiserver('a', join(cluster.nodes.a.root, 'apiserver', 'stage-key2_3-final.yaml'));
     traffic!.resume('a');
     traffic!.resume('b');
   });

@@ -108,7 +108,7 @@ export function startTraffic(cluster: Cluster): Traffic {
       assert.equal(got, written.get(name)!.value, `${name} read through ${reader}`);
       if (written.get(name)!.by !== reader) counts.crossReads[reader]++;
     }
-    if (i % 8 === 1) {
+    if (i % 8 === 1 || i % 8 === 4) {
       const res = await call(reader, 'GET', `${base}?labelSelector=atrest-ha%3Dtraffic`);
       if (res.status !== 200) fail(reader, 'list', '*', res.status, res.body);
       else counts.lists[reader]++;
