@@ -68,10 +68,18 @@ export function startTraffic(cluster: Cluster): Traffic {
   const fail = (node: NodeName, op: Failure['op'], name: string, status: number, body: string) =>
     counts.failures.push({ node, op, name, status, message: messageOf(body) });
 
-  // Connection-level errors only happen if a server went away unpaused; they are not lost reads, but
-  // they are not silently dropped either: they fail the scenario as a harness bug.
-  const call = async (node: NodeName, method: string, path: string, body?: unknown) =>
-    cluster.nodes[node].api(method, path, body);
+  // A connection-level error (a kept-alive socket the server closed just as it was reused) is not an
+  // answer: the call is sent once more. A second one fails the scenario as a harness problem; a lost
+  // read is an error answer from a running server, counted in `failures`.
+  const call = async (node: NodeName, method: string, path: string, body?: unknown) => {
+    try {
+      return await cluster.nodes[node].api(method, path, body);
+    } catch {
+      const again = await cluster.nodes[node].api(method, path, body);
+      // The first POST may have arrived: AlreadyExists then means created.
+      return method === 'POST' && again.status === 409 ? { ...again, status: 201 } : again;
+    }
+  };
 
   async function once(): Promise<void> {
     const i = iteration++;
