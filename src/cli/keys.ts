@@ -121,7 +121,9 @@ export function registerKeys(program: Command): void {
 
   keys
     .command('list')
-    .description('show key ids, creation times and which key is active (never key bytes)')
+    .description(
+      'show key ids, creation times, which key is active and the keyring fingerprint (never key bytes)',
+    )
     .addOption(keyringOption())
     .addOption(new Option('-o, --output <format>', 'table or json').default('table'))
     .action(async (opts: { keyring: string; output: string }) => {
