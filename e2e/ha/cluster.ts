@@ -83,7 +83,8 @@ async function waitUntil(
     if (alive !== undefined && alive.exitCode !== null) {
       throw new Error(`${what}: the process exited (${alive.exitCode})`);
     }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 250));
   }
 }
@@ -92,13 +93,51 @@ function makePki(dir: string): { ca: Buffer; token: string } {
   const ssl = (args: string[]): void => {
     execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
   };
-  ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=atrest-ha-ca',
-    '-keyout', 'ca.key', '-out', 'ca.crt']);
-  ssl(['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=kube-apiserver', '-keyout',
-    'server.key', '-out', 'server.csr']);
+  ssl([
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=atrest-ha-ca',
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.crt',
+  ]);
+  ssl([
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-subj',
+    '/CN=kube-apiserver',
+    '-keyout',
+    'server.key',
+    '-out',
+    'server.csr',
+  ]);
   writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  ssl(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial',
-    '-days', '2', '-extfile', 'san.ext', '-out', 'server.crt']);
+  ssl([
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca.crt',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    'san.ext',
+    '-out',
+    'server.crt',
+  ]);
   ssl(['genrsa', '-out', 'sa.key', '2048']);
   ssl(['rsa', '-in', 'sa.key', '-pubout', '-out', 'sa.pub']);
   const token = randomBytes(24).toString('hex');
@@ -160,7 +199,8 @@ export async function startCluster(): Promise<Cluster> {
     await Promise.all(NODES.map((n) => stopChild(plugins.get(n)?.child)));
     await stopChild(etcd);
     for (const a of agents.values()) a.destroy();
-    if (process.env['ATREST_HA_KEEP'] === undefined) await rm(dir, { recursive: true, force: true });
+    if (process.env['ATREST_HA_KEEP'] === undefined)
+      await rm(dir, { recursive: true, force: true });
     else process.stderr.write(`ha: work dir kept: ${dir}\n`);
   };
 
@@ -168,14 +208,19 @@ export async function startCluster(): Promise<Cluster> {
   let token: string;
   const nodes = {} as Record<NodeName, Node>;
   try {
-    await waitUntil('etcd', 30_000, async () => {
-      try {
-        etcdctl(['endpoint', 'health']);
-        return true;
-      } catch {
-        return false;
-      }
-    }, etcd);
+    await waitUntil(
+      'etcd',
+      30_000,
+      async () => {
+        try {
+          etcdctl(['endpoint', 'health']);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      etcd,
+    );
     ({ ca, token } = makePki(pki));
     for (const name of NODES) {
       const root = join(dir, name) + '/';
@@ -294,8 +339,7 @@ export async function startCluster(): Promise<Cluster> {
     }
   };
 
-  const countLines = (text: string, msg: string): number =>
-    text.split(`"msg":"${msg}"`).length - 1;
+  const countLines = (text: string, msg: string): number => text.split(`"msg":"${msg}"`).length - 1;
 
   const startPlugin = async (node: NodeName): Promise<void> => {
     await stopChild(plugins.get(node)?.child);
@@ -350,7 +394,8 @@ export async function startCluster(): Promise<Cluster> {
       await waitUntil(
         `plugin ${node} reload`,
         30_000,
-        async () => countLines(p.log(), 'reloaded keys') + countLines(p.log(), FAILED) > ok0 + failed0,
+        async () =>
+          countLines(p.log(), 'reloaded keys') + countLines(p.log(), FAILED) > ok0 + failed0,
         p.child,
       );
       return countLines(p.log(), FAILED) > failed0 ? 'failed' : 'ok';

@@ -65,7 +65,12 @@ async function bash(
   });
 }
 
-async function runCommand(runner: Runner, node: NodeName, c: DocCommand, docs: string): Promise<void> {
+async function runCommand(
+  runner: Runner,
+  node: NodeName,
+  c: DocCommand,
+  docs: string,
+): Promise<void> {
   const root = runner.cluster.nodes[node].root;
   const text = c.text.split(DOC_NODE_ROOT).join(root);
   const where = `${docs}:${c.line} on node ${node}: $ ${c.text.split('\n')[0]}`;
@@ -89,7 +94,10 @@ async function runCommand(runner: Runner, node: NodeName, c: DocCommand, docs: s
 
 /** Copies FILE (written on node a) to `node` as its API server's config, node paths mapped. */
 export async function placeConfig(cluster: Cluster, file: string, node: NodeName): Promise<string> {
-  const text = await readFile(join(cluster.nodes.a.root, file.split(DOC_NODE_ROOT).join('')), 'utf8');
+  const text = await readFile(
+    join(cluster.nodes.a.root, file.split(DOC_NODE_ROOT).join('')),
+    'utf8',
+  );
   const dir = join(cluster.nodes[node].root, 'apiserver');
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const target = join(dir, file.replaceAll('/', '_'));
@@ -148,9 +156,14 @@ export async function waitForWriteKeyID(
         data: { v: Buffer.from('probe').toString('base64') },
       });
       assert.equal(res.status, 201, res.body);
-      const stored = decodeStored(cluster.etcdctl(['get', `/registry/secrets/ha-probe/${name}`, '-w', 'json']));
+      const stored = decodeStored(
+        cluster.etcdctl(['get', `/registry/secrets/ha-probe/${name}`, '-w', 'json']),
+      );
       if (stored[0]?.keyID === keyID) break;
-      assert.ok(Date.now() < deadline, `kube-apiserver ${node} still writes with ${stored[0]?.keyID}`);
+      assert.ok(
+        Date.now() < deadline,
+        `kube-apiserver ${node} still writes with ${stored[0]?.keyID}`,
+      );
       await n.api('GET', '/readyz/kms-providers').catch(() => undefined);
       await new Promise((r) => setTimeout(r, 1000));
     }
@@ -201,7 +214,9 @@ export async function runSteps(
         break;
       }
       case 'wait-key-id': {
-        const keyring = JSON.parse(await readFile(join(cluster.nodes.a.root, 'keyring.json'), 'utf8')) as {
+        const keyring = JSON.parse(
+          await readFile(join(cluster.nodes.a.root, 'keyring.json'), 'utf8'),
+        ) as {
           active: string;
         };
         await waitForWriteKeyID(runner, keyring.active);

@@ -28,7 +28,10 @@ export type DocStep =
   | { readonly kind: 'run'; readonly on: 'a' | 'all'; readonly commands: readonly DocCommand[] }
   | { readonly kind: 'deploy'; readonly file: string; readonly line: number }
   | { readonly kind: 'copy'; readonly path: string; readonly line: number }
-  | { readonly kind: 'start-plugins' | 'reload' | 'same-fingerprint' | 'wait-key-id'; readonly line: number };
+  | {
+      readonly kind: 'start-plugins' | 'reload' | 'same-fingerprint' | 'wait-key-id';
+      readonly line: number;
+    };
 
 const MARKER = /^<!--\s*e2e:(\S+)(?:\s+(.*?))?\s*-->\s*$/;
 
@@ -50,7 +53,8 @@ export function parseCommands(block: readonly string[], firstLine: number): DocC
       } else if (heredoc !== null) {
         const end = heredoc[1]!;
         while (i + 1 < block.length && block[i + 1] !== end) text.push(block[++i]!);
-        if (i + 1 >= block.length) throw new Error(`docs line ${at}: here-document ${end} never ends`);
+        if (i + 1 >= block.length)
+          throw new Error(`docs line ${at}: here-document ${end} never ends`);
         text.push(block[++i]!);
         break;
       } else {
@@ -68,7 +72,8 @@ export function parseDocSteps(path: string): Map<string, DocStep[]> {
   const sections = new Map<string, DocStep[]>();
   let current: DocStep[] | undefined;
   const add = (step: DocStep, line: number): void => {
-    if (current === undefined) throw new Error(`${path}:${line}: e2e marker before any e2e:section`);
+    if (current === undefined)
+      throw new Error(`${path}:${line}: e2e marker before any e2e:section`);
     current.push(step);
   };
   for (let i = 0; i < lines.length; i++) {
@@ -86,7 +91,8 @@ export function parseDocSteps(path: string): Map<string, DocStep[]> {
         if (arg !== 'a' && arg !== 'all') throw new Error(`${path}:${line}: e2e:run a|all`);
         let j = i + 1;
         while (j < lines.length && lines[j]!.trim() === '') j++;
-        if (!lines[j]?.startsWith('```')) throw new Error(`${path}:${line}: no code block after e2e:run`);
+        if (!lines[j]?.startsWith('```'))
+          throw new Error(`${path}:${line}: no code block after e2e:run`);
         const start = j + 1;
         let end = start;
         while (end < lines.length && !lines[end]!.startsWith('```')) end++;

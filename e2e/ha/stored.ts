@@ -13,7 +13,10 @@ export interface StoredState {
 
 export function decodeStored(etcdctlJson: string): StoredState[] {
   const text = etcdctlJson.trim();
-  const kvs = text === '' ? [] : ((JSON.parse(text) as { kvs?: { key: string; value?: string }[] }).kvs ?? []);
+  const kvs =
+    text === ''
+      ? []
+      : ((JSON.parse(text) as { kvs?: { key: string; value?: string }[] }).kvs ?? []);
   return kvs.map((kv) => {
     const key = Buffer.from(kv.key, 'base64').toString('utf8');
     const value = Buffer.from(kv.value ?? '', 'base64');

@@ -27,7 +27,10 @@ export function keyringFingerprint(keyring: Pick<Keyring, 'keys'>): string {
   for (const k of sorted) {
     const id = Buffer.from(k.id, 'utf8');
     const tag = createHmac('sha256', k.secret).update(FINGERPRINT_DOMAIN).update(id).digest();
-    outer.update(Buffer.from([id.length])).update(id).update(tag);
+    outer
+      .update(Buffer.from([id.length]))
+      .update(id)
+      .update(tag);
   }
   return FINGERPRINT_PREFIX + outer.digest().subarray(0, FINGERPRINT_BYTES).toString('hex');
 }

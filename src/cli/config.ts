@@ -36,7 +36,8 @@ function phaseYaml(
 ): string {
   let next = 'Deploy on every API server (restart them one at a time)';
   if (phase.name === 'final' && index > 0) {
-    next = 'Deploy on every API server only after "atrest rewrite" with the previous phase converged.';
+    next =
+      'Deploy on every API server only after "atrest rewrite" with the previous phase converged.';
   } else if (index + 1 < count && phase.name === 'write') {
     next += `, then "atrest rewrite" with this file; phase ${index + 2} only after it converged.`;
   } else if (index + 1 < count) {
@@ -64,9 +65,7 @@ async function writePrivate(path: string, text: string): Promise<void> {
 }
 
 export function registerConfig(program: Command): void {
-  const config = program
-    .command('config')
-    .description('work with EncryptionConfiguration files');
+  const config = program.command('config').description('work with EncryptionConfiguration files');
 
   config
     .command('stage')
@@ -80,7 +79,11 @@ export function registerConfig(program: Command): void {
       '--out-dir <dir>',
       'write each phase as DIR/N-PHASE.yaml, with its secrets, mode 0600 (the directory is created 0700)',
     )
-    .option('--show-secrets', 'print key secrets in the configurations on stdout (else REDACTED)', false)
+    .option(
+      '--show-secrets',
+      'print key secrets in the configurations on stdout (else REDACTED)',
+      false,
+    )
     .addOption(new Option('-o, --output <format>', 'table or json').default('table'))
     .action(
       async (opts: {

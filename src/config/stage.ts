@@ -44,7 +44,9 @@ export function unitLabel(u: ReadUnit): string {
 }
 
 function describeUnit(u: ReadUnit): string {
-  return u.kind === 'identity' ? 'identity (plaintext)' : `${unitLabel(u)} (prefix ${unitPrefix(u)})`;
+  return u.kind === 'identity'
+    ? 'identity (plaintext)'
+    : `${unitLabel(u)} (prefix ${unitPrefix(u)})`;
 }
 
 export function readUnits(providers: readonly ProviderConfiguration[]): ReadUnit[] {
@@ -203,7 +205,8 @@ export function planStage(
       ),
     });
   });
-  if (conflicts.length > 0) throw new ConfigInvalidError(`${toName} (against ${fromName})`, conflicts);
+  if (conflicts.length > 0)
+    throw new ConfigInvalidError(`${toName} (against ${fromName})`, conflicts);
 
   const header = { apiVersion: to.apiVersion, kind: to.kind } as const;
   if (problems.length === 0) {
@@ -290,7 +293,9 @@ export function configDocument(
             apiVersion: k.apiVersion,
             name: k.name,
             endpoint: k.endpoint,
-            ...(k.apiVersion === 'v1' && k.cachesize !== undefined ? { cachesize: k.cachesize } : {}),
+            ...(k.apiVersion === 'v1' && k.cachesize !== undefined
+              ? { cachesize: k.cachesize }
+              : {}),
             timeout: k.timeoutText,
           },
         };

@@ -22,8 +22,7 @@ import {
 import { keyringFingerprint, probeKey } from '../../src/backends/keyring-check.js';
 import { createKeyringBackend } from '../../src/backends/keyring.js';
 
-const hasCode = (code: string) => (err: unknown) =>
-  err instanceof AtrestError && err.code === code;
+const hasCode = (code: string) => (err: unknown) => err instanceof AtrestError && err.code === code;
 
 /** A keyring with fixed ids and key bytes (0x01.. and 0x02..). */
 function fixedKeyring(): Keyring {
@@ -65,7 +64,9 @@ test('the fingerprint depends on ids and key material, not on key order or on wh
   assert.equal(keyringFingerprint(activateKey(k, k.keys[1]!.id)), fp);
   const otherBytes = { keys: [k.keys[0]!, { ...k.keys[1]!, secret: Buffer.alloc(32, 3) }] };
   assert.notEqual(keyringFingerprint(otherBytes), fp);
-  const otherID = { keys: [k.keys[0]!, { ...k.keys[1]!, id: 'k20260201T000000Z-0000000000000003' }] };
+  const otherID = {
+    keys: [k.keys[0]!, { ...k.keys[1]!, id: 'k20260201T000000Z-0000000000000003' }],
+  };
   assert.notEqual(keyringFingerprint(otherID), fp);
   assert.notEqual(keyringFingerprint({ keys: [k.keys[0]!] }), fp);
   const added = addKey(k, new Date(), randomBytes);
@@ -100,7 +101,11 @@ test('keys add adds an inactive key; activate switches to it; rotate is add + ac
 });
 
 test('activate refuses an unknown id (listing the ids it has) and a retired one', () => {
-  const k = addKey(createKeyring({ now: new Date(), random: randomBytes }), new Date(), randomBytes);
+  const k = addKey(
+    createKeyring({ now: new Date(), random: randomBytes }),
+    new Date(),
+    randomBytes,
+  );
   assert.throws(
     () => activateKey(k, 'k-nope'),
     (err: unknown) =>

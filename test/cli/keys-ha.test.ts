@@ -32,7 +32,10 @@ test('keys add prints only the new id on stdout, leaves the active key, and chan
   assert.equal(add.code, 0, add.stderr);
   const id = add.stdout.trim();
   assert.match(id, /^k\d{8}T\d{6}Z-[0-9a-f]{16}$/);
-  assert.match(add.stderr, new RegExp(`added key ${id} \\(not active: the active key is still ${before.keys[0]!.id}\\)`));
+  assert.match(
+    add.stderr,
+    new RegExp(`added key ${id} \\(not active: the active key is still ${before.keys[0]!.id}\\)`),
+  );
   const after = await list(t, path);
   assert.deepEqual(
     after.keys.map((k) => [k.id, k.active]),
@@ -59,16 +62,28 @@ test('keys activate switches to a held key, keeps the fingerprint, and refuses i
   const id = (await runCli(t, ['keys', 'add', '--keyring', path])).stdout.trim();
   const before = await list(t, path);
 
-  const unknown = await runCli(t, ['keys', 'activate', 'k20990101T000000Z-ffffffffffffffff', '--keyring', path]);
+  const unknown = await runCli(t, [
+    'keys',
+    'activate',
+    'k20990101T000000Z-ffffffffffffffff',
+    '--keyring',
+    path,
+  ]);
   assert.equal(unknown.code, 1);
-  assert.match(unknown.stderr, /no key with id k20990101T000000Z-ffffffffffffffff in the keyring \(it holds .*\) \(ERR_KEY_UNKNOWN\)/);
+  assert.match(
+    unknown.stderr,
+    /no key with id k20990101T000000Z-ffffffffffffffff in the keyring \(it holds .*\) \(ERR_KEY_UNKNOWN\)/,
+  );
 
   const ok = await runCli(t, ['keys', 'activate', id, '--keyring', path]);
   assert.equal(ok.code, 0, ok.stderr);
   assert.match(ok.stdout, new RegExp(`active key is now ${id} \\(previous: ${before.keys[0]!.id}`));
   const after = await list(t, path);
   assert.equal(after.fingerprint, before.fingerprint);
-  assert.deepEqual(after.keys.map((k) => k.active), [false, true]);
+  assert.deepEqual(
+    after.keys.map((k) => k.active),
+    [false, true],
+  );
 
   const again = await runCli(t, ['keys', 'activate', id, '--keyring', path]);
   assert.equal(again.code, 0);
@@ -78,7 +93,10 @@ test('keys activate switches to a held key, keeps the fingerprint, and refuses i
   assert.equal((await runCli(t, ['keys', 'retire', old, '--keyring', path, '--force'])).code, 0);
   const retired = await runCli(t, ['keys', 'activate', old, '--keyring', path]);
   assert.equal(retired.code, 1);
-  assert.match(retired.stderr, new RegExp(`key ${old} was retired at .*: its key material is gone`));
+  assert.match(
+    retired.stderr,
+    new RegExp(`key ${old} was retired at .*: its key material is gone`),
+  );
   assert.equal((await readKeyringFile(path)).active, id, 'a refused activate writes nothing');
 });
 
@@ -90,7 +108,10 @@ test('keys rotate still adds and activates in one step, and says it is for a sin
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /more than one control-plane node use\n"atrest keys add"/);
   const listed = await list(t, path);
-  assert.deepEqual(listed.keys.map((k) => k.active), [false, true]);
+  assert.deepEqual(
+    listed.keys.map((k) => k.active),
+    [false, true],
+  );
 });
 
 /** Waits until the plugin has logged `n` successful reloads (it says so on stderr). */
@@ -169,7 +190,11 @@ test('two plugins with copies of one keyring export the same fingerprint; add + 
     v2.StatusResponse.decode(await c.unary(v2.V2_METHODS.status, Buffer.alloc(0), T));
   assert.equal((await status(a.client)).key_id, added);
   const enc = v2.EncryptResponse.decode(
-    await a.client.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: Buffer.from('seed'), uid: 'u1' }), T),
+    await a.client.unary(
+      v2.V2_METHODS.encrypt,
+      v2.EncryptRequest.encode({ plaintext: Buffer.from('seed'), uid: 'u1' }),
+      T,
+    ),
   );
   assert.equal(enc.key_id, added);
   const dec = v2.DecryptResponse.decode(
@@ -180,5 +205,9 @@ test('two plugins with copies of one keyring export the same fingerprint; add + 
     ),
   );
   assert.deepEqual(dec.plaintext, Buffer.from('seed'));
-  assert.equal((await status(b.client)).key_id, active, 'B still wraps with the old key until its reload');
+  assert.equal(
+    (await status(b.client)).key_id,
+    active,
+    'B still wraps with the old key until its reload',
+  );
 });

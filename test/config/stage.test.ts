@@ -54,7 +54,11 @@ const labels = (c: EncryptionConfiguration): string[] =>
   readUnits(c.resources[0]!.providers).map(unitLabel);
 
 /** Every phase must be a safe direct switch from the previous one and the plan must end at `to`. */
-function assertChain(from: EncryptionConfiguration, to: EncryptionConfiguration, plan: StagePlan): void {
+function assertChain(
+  from: EncryptionConfiguration,
+  to: EncryptionConfiguration,
+  plan: StagePlan,
+): void {
   let previous = from;
   for (const [i, phase] of plan.phases.entries()) {
     const step = planStage(previous, phase.config, `phase ${i}`, `phase ${i + 1}`);
@@ -73,8 +77,14 @@ test('rotating an aescbc key needs three phases: read key2, write key2, drop key
   const plan = planStage(from, to, 'old.yaml', 'new.yaml');
   assert.equal(plan.directSafe, false);
   assert.equal(plan.problems.length, 2);
-  assert.match(plan.problems[0]!, /servers still on old.yaml could not read .* aescbc\/key2 \(prefix k8s:enc:aescbc:v1:key2:\), which old.yaml does not list, so their reads fail with "no matching prefix found"/);
-  assert.match(plan.problems[1]!, /servers already on new.yaml could not read what servers still on old.yaml write with aescbc\/key1/);
+  assert.match(
+    plan.problems[0]!,
+    /servers still on old.yaml could not read .* aescbc\/key2 \(prefix k8s:enc:aescbc:v1:key2:\), which old.yaml does not list, so their reads fail with "no matching prefix found"/,
+  );
+  assert.match(
+    plan.problems[1]!,
+    /servers already on new.yaml could not read what servers still on old.yaml write with aescbc\/key1/,
+  );
   assert.deepEqual(
     plan.phases.map((p) => [p.name, labels(p.config)]),
     [
@@ -107,7 +117,10 @@ test('a target that keeps the old provider for reading needs only the read and w
   const from = cfg({ aescbc: [['key2', K2]] }, 'identity');
   const to = cfg({ kms: 'atrest' }, { aescbc: [['key2', K2]] }, 'identity');
   const plan = planStage(from, to, 'old.yaml', 'new.yaml');
-  assert.deepEqual(plan.phases.map((p) => p.name), ['read', 'write']);
+  assert.deepEqual(
+    plan.phases.map((p) => p.name),
+    ['read', 'write'],
+  );
   assert.deepEqual(plan.warnings, []);
   assertChain(from, to, plan);
 });
@@ -128,24 +141,56 @@ test('enabling encryption: identity first -> aescbc first goes through a read ph
 });
 
 test('a switch between providers both configs already list is safe directly', () => {
-  const from = cfg({ aescbc: [['key1', K1], ['key2', K2]] }, 'identity');
-  const to = cfg({ aescbc: [['key2', K2], ['key1', K1]] }, 'identity');
+  const from = cfg(
+    {
+      aescbc: [
+        ['key1', K1],
+        ['key2', K2],
+      ],
+    },
+    'identity',
+  );
+  const to = cfg(
+    {
+      aescbc: [
+        ['key2', K2],
+        ['key1', K1],
+      ],
+    },
+    'identity',
+  );
   const plan = planStage(from, to, 'old.yaml', 'new.yaml');
   assert.equal(plan.directSafe, true);
   assert.deepEqual(plan.problems, []);
   assert.equal(plan.phases.length, 1);
   assert.equal(plan.phases[0]!.config, to);
-  const disable = planStage(cfg({ kms: 'atrest' }, 'identity'), cfg('identity', { kms: 'atrest' }), 'a', 'b');
+  const disable = planStage(
+    cfg({ kms: 'atrest' }, 'identity'),
+    cfg('identity', { kms: 'atrest' }),
+    'a',
+    'b',
+  );
   assert.equal(disable.directSafe, true);
 });
 
 test('dropping a reader is safe for the servers but warned about: only after a rewrite converged', () => {
-  const from = cfg({ aescbc: [['key2', K2], ['key1', K1]] }, 'identity');
+  const from = cfg(
+    {
+      aescbc: [
+        ['key2', K2],
+        ['key1', K1],
+      ],
+    },
+    'identity',
+  );
   const to = cfg({ aescbc: [['key2', K2]] }, 'identity');
   const plan = planStage(from, to, 'old.yaml', 'new.yaml');
   assert.equal(plan.directSafe, true);
   assert.equal(plan.warnings.length, 1);
-  assert.match(plan.warnings[0]!, /new.yaml no longer reads aescbc\/key1 \(prefix k8s:enc:aescbc:v1:key1:\): deploy it only after "atrest rewrite" converged/);
+  assert.match(
+    plan.warnings[0]!,
+    /new.yaml no longer reads aescbc\/key1 \(prefix k8s:enc:aescbc:v1:key1:\): deploy it only after "atrest rewrite" converged/,
+  );
 });
 
 test('a kms provider with another endpoint on the same name is the same reader (the socket is node-local)', () => {
