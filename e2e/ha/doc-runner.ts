@@ -12,6 +12,7 @@ import { DOC_NODE_ROOT, NODES, type Cluster, type NodeName } from './cluster.js'
 import type { DocCommand, DocStep } from './doc-steps.js';
 import type { Traffic } from './traffic.js';
 import { decodeStored } from './stored.js';
+import { keyIDHash } from '../../src/health/plugin-metrics.js';
 
 export interface Runner {
   readonly cluster: Cluster;
@@ -167,7 +168,18 @@ export async function waitForWriteKeyID(
       await n.api('GET', '/readyz/kms-providers').catch(() => undefined);
       await new Promise((r) => setTimeout(r, 1000));
     }
-    runner.log(`[${node}] kube-apiserver writes with key id ${keyID}`);
+    // What the docs tell operators to look at: the API server's own metric shows the key id hash it
+    // writes with, the same "sha256:<hex>" the plugins export.
+    const metrics = (await n.api('GET', '/metrics')).body.split('\n');
+    const hash = keyIDHash(keyID);
+    const line = metrics.find(
+      (l) =>
+        l.startsWith('apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds{') &&
+        l.includes(`key_id_hash="${hash}"`) &&
+        l.includes('transformation_type="to_storage"'),
+    );
+    assert.ok(line !== undefined, `kube-apiserver ${node} /metrics shows no to_storage ${hash}`);
+    runner.log(`[${node}] kube-apiserver writes with key id ${keyID} (${line.split(' ')[0]})`);
   }
 }
 
