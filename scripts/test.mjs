@@ -24,6 +24,8 @@ const SUITES = {
   unit: ['node', ['--test', '--test-reporter=spec', 'dist/test/']],
   conformance: ['bash', ['conformance/run.sh']],
   e2e: ['bash', ['e2e/run.sh']],
+  // two kube-apiservers on one etcd: runbooks 2 and 3 and the KMS key rotation of docs/operations.md
+  ha: ['node', ['--test', '--test-reporter=spec', 'dist/e2e/ha/ha.test.js']],
 };
 
 const onlyIndex = process.argv.indexOf('--only');

@@ -55,4 +55,9 @@ export interface KeyBackend {
   close(): Promise<void>;
   /** Remote backends: the key manager's latest state, kept by a background refresh. Cheap, no I/O. */
   health?(): BackendHealth;
+  /**
+   * The loaded key set, for /metrics: a fingerprint that is equal on every node holding the same keys
+   * and reveals none of them (keyring: keyring-check.ts), and how many keys it holds. Cheap, no I/O.
+   */
+  keySet?(): { readonly fingerprint: string; readonly keys: number };
 }

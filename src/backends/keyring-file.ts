@@ -160,10 +160,38 @@ export function createKeyring(options: {
   return { development: options.development ?? false, active: key.id, keys: [key], retired: [] };
 }
 
-/** Adds a new key and makes it active; every older key stays for decryption. */
-export function rotateKeyring(keyring: Keyring, now: Date, random: RandomBytes): Keyring {
+/**
+ * Adds a new key that is NOT active: plugins that load it can unwrap with it, none wraps with it yet.
+ * On several nodes this is the first of two steps (docs/plugin.md, "Rotating keys").
+ */
+export function addKey(keyring: Keyring, now: Date, random: RandomBytes): Keyring {
   const key = newKey(allIDs(keyring), now, random);
-  return { ...keyring, active: key.id, keys: [...keyring.keys, key] };
+  return { ...keyring, keys: [...keyring.keys, key] };
+}
+
+/** Makes a key the keyring already holds the active one; a retired or unknown id is refused. */
+export function activateKey(keyring: Keyring, id: string): Keyring {
+  if (!keyring.keys.some((k) => k.id === id)) {
+    const retired = keyring.retired.find((r) => r.id === id);
+    if (retired !== undefined) {
+      throw new AtrestError(
+        'ERR_KEY_UNKNOWN',
+        `key ${id} was retired at ${retired.retired}: its key material is gone and it cannot ` +
+          'become active again; add a new key with "atrest keys add"',
+      );
+    }
+    throw new AtrestError(
+      'ERR_KEY_UNKNOWN',
+      `no key with id ${id} in the keyring (it holds ${keyring.keys.map((k) => k.id).join(', ')})`,
+    );
+  }
+  return { ...keyring, active: id };
+}
+
+/** Adds a new key and makes it active at once (add + activate): safe on a single node only. */
+export function rotateKeyring(keyring: Keyring, now: Date, random: RandomBytes): Keyring {
+  const added = addKey(keyring, now, random);
+  return activateKey(added, added.keys[added.keys.length - 1]!.id);
 }
 
 /** Removes a key for good (its id is remembered so it is never reused). The active key cannot go. */

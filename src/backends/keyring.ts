@@ -1,6 +1,7 @@
 // The keyring KeyBackend: AES-256-GCM key-encryption keys read from a local 0600 JSON file
 // (keyring-file.ts), wrapped DEKs in the self-describing format of keyring-wrap.ts. reload() (SIGHUP)
-// re-reads the file and swaps keys only if the new file is valid and consistent with the old one.
+// re-reads the file and swaps keys only if the new file is valid, consistent with the old one, and its
+// active key passes a wrap/unwrap self-test (keyring-check.ts); otherwise the loaded keys stay.
 
 import { randomBytes as nodeRandomBytes } from 'node:crypto';
 import { AtrestError, BackendError } from '../errors.js';
@@ -8,6 +9,7 @@ import { bytesEqual } from '../bytes.js';
 import type { KeyBackend, UnwrapRequest, WrapRequest, Wrapped } from './backend.js';
 import { readKeyringFile, type Keyring, type RandomBytes } from './keyring-file.js';
 import { WRAP_NONCE_BYTES, openWrapped, parseWrapped, sealWrapped } from './keyring-wrap.js';
+import { keyringFingerprint, probeKey } from './keyring-check.js';
 
 export const KEYRING_BACKEND_NAME = 'keyring';
 
@@ -24,6 +26,8 @@ export interface KeyringBackend extends KeyBackend {
     readonly active: string;
     readonly ids: readonly string[];
     readonly development: boolean;
+    /** keyring-check.ts: equal on every node that holds the same keys; reveals none of them. */
+    readonly fingerprint: string;
   };
 }
 
@@ -51,6 +55,8 @@ export async function createKeyringBackend(
   const requirePrivate = options.requirePrivate ?? true;
   let keyring = await readKeyringFile(options.path, { requirePrivate });
   let byID = new Map(keyring.keys.map((k) => [k.id, k.secret]));
+  probeKey(keyring, keyring.active, random);
+  let fingerprint = keyringFingerprint(keyring);
   let closed = false;
 
   const assertOpen = (): void => {
@@ -96,8 +102,16 @@ export async function createKeyringBackend(
       assertOpen();
       const next = await readKeyringFile(options.path, { requirePrivate });
       checkConsistent(keyring, next, options.path);
+      // Never start wrapping with a key this plugin cannot unwrap with: the new active key is tried
+      // before anything is swapped, so a failure leaves the loaded keys in service.
+      probeKey(next, next.active, random);
       keyring = next;
       byID = new Map(next.keys.map((k) => [k.id, k.secret]));
+      fingerprint = keyringFingerprint(next);
+    },
+
+    keySet() {
+      return { fingerprint, keys: keyring.keys.length };
     },
 
     async close() {
@@ -111,6 +125,7 @@ export async function createKeyringBackend(
         active: keyring.active,
         ids: keyring.keys.map((k) => k.id),
         development: keyring.development,
+        fingerprint,
       };
     },
   };

@@ -1,5 +1,7 @@
-// `atrest keys init|rotate|list|retire --keyring FILE`: manage the local keyring the keyring backend
-// serves from. Never prints key bytes; every write is atomic and 0600 (src/backends/keyring-file.ts).
+// `atrest keys init|add|activate|rotate|list|retire --keyring FILE`: manage the local keyring the
+// keyring backend serves from. Never prints key bytes; every write is atomic and 0600
+// (src/backends/keyring-file.ts). On several control-plane nodes a new key goes in two steps, add
+// then activate, with the file copied and reloaded everywhere in between (docs/plugin.md).
 
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
@@ -7,12 +9,15 @@ import { dirname } from 'node:path';
 import { Option, type Command } from 'commander';
 import { AtrestError } from '../errors.js';
 import {
+  activateKey,
+  addKey,
   createKeyring,
   readKeyringFile,
   retireKey,
   rotateKeyring,
   writeKeyringFile,
 } from '../backends/keyring-file.js';
+import { keyringFingerprint, probeKey } from '../backends/keyring-check.js';
 import { parseOutputFormat, renderJson, renderTable } from './output.js';
 import { prefixRangeEnd } from '../etcd/client.js';
 import { describeStoredValue } from '../transformers/describe.js';
@@ -82,23 +87,82 @@ export function registerKeys(program: Command): void {
     });
 
   keys
+    .command('add')
+    .description(
+      'add a new key that is not active yet (step 1 of 2 on several nodes: copy the file to every ' +
+        'node and reload, then "keys activate"); prints the new id on stdout',
+    )
+    .addOption(keyringOption())
+    .action(async (opts: { keyring: string }) => {
+      const before = await readKeyringFile(opts.keyring);
+      const after = addKey(before, new Date(), randomBytes);
+      const added = after.keys[after.keys.length - 1]!;
+      probeKey(after, added.id, randomBytes);
+      await writeKeyringFile(opts.keyring, after, { exclusive: false, random: randomBytes });
+      // stdout: the id alone, for NEW_KEY=$(atrest keys add ...); the guidance goes to stderr.
+      say(`${added.id}\n`);
+      warn(
+        `added key ${added.id} (not active: the active key is still ${after.active})\n` +
+          `keyring fingerprint: ${keyringFingerprint(after)}\n` +
+          'next: copy this file to every control-plane node and reload every plugin (SIGHUP);\n' +
+          'check that every node shows this fingerprint ("atrest keys list", or atrest_keyring_info\n' +
+          `in /metrics); then run "atrest keys activate ${added.id}" (docs/plugin.md, "Rotating keys")\n`,
+      );
+    });
+
+  keys
+    .command('activate')
+    .description(
+      'make a key the keyring already holds the active one (step 2 of 2: every node must hold it ' +
+        'first; check "keys list" fingerprints)',
+    )
+    .argument('<id>', 'key id (see "atrest keys list")')
+    .addOption(keyringOption())
+    .action(async (id: string, opts: { keyring: string }) => {
+      const before = await readKeyringFile(opts.keyring);
+      if (before.active === id) {
+        say(`key ${id} is already the active key; nothing changed\n`);
+        return;
+      }
+      const after = activateKey(before, id);
+      probeKey(after, id, randomBytes);
+      await writeKeyringFile(opts.keyring, after, { exclusive: false, random: randomBytes });
+      say(
+        `active key is now ${id} (previous: ${before.active}, kept for decryption)\n` +
+          `keyring fingerprint: ${keyringFingerprint(after)} (unchanged: activating adds no key)\n` +
+          'next: copy this file to every control-plane node and reload every plugin (SIGHUP); the API\n' +
+          'servers pick the new key id up with their next Status poll (about a minute); then rewrite\n',
+      );
+    });
+
+  keys
     .command('rotate')
-    .description('add a new active key; older keys stay for decryption')
+    .description(
+      'add a new key and make it active at once (add + activate): for a single node only; on ' +
+        'several nodes use "keys add", then "keys activate"',
+    )
     .addOption(keyringOption())
     .action(async (opts: { keyring: string }) => {
       const before = await readKeyringFile(opts.keyring);
       const after = rotateKeyring(before, new Date(), randomBytes);
+      probeKey(after, after.active, randomBytes);
       await writeKeyringFile(opts.keyring, after, { exclusive: false, random: randomBytes });
       say(
         `active key is now ${after.active} (previous: ${before.active}, kept for decryption)\n` +
           'send SIGHUP to running plugins to load it ("systemctl reload atrest" or "kill -HUP <pid>");\n' +
           'then re-encrypt stored data (see docs/plugin.md, "Rotating keys") before retiring old keys\n',
       );
+      warn(
+        'note: rotate activates the new key at once; with more than one control-plane node use\n' +
+          '"atrest keys add", copy and reload everywhere, then "atrest keys activate ID" instead\n',
+      );
     });
 
   keys
     .command('list')
-    .description('show key ids, creation times and which key is active (never key bytes)')
+    .description(
+      'show key ids, creation times, which key is active and the keyring fingerprint (never key bytes)',
+    )
     .addOption(keyringOption())
     .addOption(new Option('-o, --output <format>', 'table or json').default('table'))
     .action(async (opts: { keyring: string; output: string }) => {
@@ -109,8 +173,16 @@ export function registerKeys(program: Command): void {
         created: k.created,
         active: k.id === keyring.active,
       }));
+      const fingerprint = keyringFingerprint(keyring);
       if (format === 'json') {
-        say(renderJson({ development: keyring.development, keys: rows, retired: keyring.retired }));
+        say(
+          renderJson({
+            development: keyring.development,
+            fingerprint,
+            keys: rows,
+            retired: keyring.retired,
+          }),
+        );
         return;
       }
       if (keyring.development) say('# DEVELOPMENT keyring: not for production data\n');
@@ -120,6 +192,7 @@ export function registerKeys(program: Command): void {
           rows.map((r) => [r.id, r.created, r.active ? 'yes' : '']),
         ),
       );
+      say(`fingerprint: ${fingerprint} (the same on every node holding the same keys)\n`);
     });
 
   const retire = keys

@@ -19,6 +19,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   rewrite: async () => (await import('./rewrite.js')).registerRewrite,
   decrypt: async () => (await import('./decrypt.js')).registerDecrypt,
   recovery: async () => (await import('./recovery.js')).registerRecovery,
+  config: async () => (await import('./config.js')).registerConfig,
 };
 
 /** The package version, from the nearest package.json named atrest above this file. */

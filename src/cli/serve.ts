@@ -139,6 +139,12 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     recoveryKey === undefined ? {} : { publicKey: recoveryKey },
   );
   const metrics = createPluginMetrics({ version, backend: backend.name });
+  const noteKeySet = async (): Promise<string | undefined> => {
+    const set = backend.keySet?.();
+    if (set === undefined) return undefined;
+    metrics.keySet({ ...set, activeKeyID: await backend.currentKeyID() });
+    return set.fingerprint;
+  };
   const service = createKmsService({
     backend,
     version,
@@ -207,6 +213,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
   // A remote key manager may be down at start: serve anyway; Status and /readyz report it until it
   // returns, and the background self-test notices when it does.
   const activeKeyID = await backend.currentKeyID().catch(() => undefined);
+  const keyringFingerprint = activeKeyID === undefined ? undefined : await noteKeySet();
   if (flags.dev) {
     process.stdout.write(
       devBanner({
@@ -250,6 +257,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
         logger.info('reloaded keys', {
           backend: backend.name,
           activeKeyID: await backend.currentKeyID().catch(() => undefined),
+          keyringFingerprint: await noteKeySet(),
         });
       } catch (err) {
         metrics.keyringReload(false);
@@ -277,6 +285,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     socket: endpoint.path,
     backend: backend.name,
     activeKeyID,
+    keyringFingerprint,
     health: healthServer === undefined ? 'off' : `${healthServer.host}:${healthServer.port}`,
     version,
     development: flags.dev,

@@ -1,5 +1,6 @@
 // The plugin's metrics: RPCs by service/method/code, RPC latency, key backend operations by outcome,
-// the self-test, the active key id as a sha256 hash only, build and process info. Every label value
+// the self-test, the active key id as a sha256 hash only, the loaded key set's fingerprint (never a
+// key), build and process info. Every label value
 // comes from a fixed set; unknown gRPC methods are counted as service="unknown", method="unknown".
 
 import { createHash } from 'node:crypto';
@@ -16,6 +17,8 @@ export interface PluginMetrics {
   selfTest(ok: boolean, atMs: number): void;
   activeKeyID(keyID: string): void;
   keyringReload(ok: boolean): void;
+  /** The key set now loaded (after start-up and each successful reload); active key id hashed. */
+  keySet(set: { fingerprint: string; keys: number; activeKeyID: string }): void;
 }
 
 /** How kube-apiserver itself exposes key ids in metrics: "sha256:" + hex of SHA-256 of the id. */
@@ -80,6 +83,15 @@ export function createPluginMetrics(build: {
     'Key reloads (SIGHUP), by outcome.',
     ['outcome'],
   );
+  // Compared across nodes before a new key is activated (docs/plugin.md, "Rotating keys"): every node
+  // must show one and the same fingerprint, e.g. count(count by (fingerprint) (atrest_keyring_info)) == 1.
+  const keyringInfo = registry.gauge(
+    'atrest_keyring_info',
+    'The loaded key set: fingerprint over key ids and key material (reveals neither) and the active ' +
+      'key id as "sha256:<hex>"; always 1.',
+    ['fingerprint', 'active_key_id_hash'],
+  );
+  const keyringKeys = registry.gauge('atrest_keyring_keys', 'Keys loaded (active or not).');
   registry.counterFunc(
     'process_cpu_seconds_total',
     'User and system CPU time spent, in seconds.',
@@ -131,6 +143,14 @@ export function createPluginMetrics(build: {
     },
     keyringReload(ok) {
       reloads.inc({ outcome: ok ? 'ok' : 'failed' });
+    },
+    keySet(set) {
+      keyringInfo.reset();
+      keyringInfo.set(1, {
+        fingerprint: set.fingerprint,
+        active_key_id_hash: keyIDHash(set.activeKeyID),
+      });
+      keyringKeys.set(set.keys);
     },
   };
 }
