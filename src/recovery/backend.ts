@@ -43,14 +43,15 @@ export function withRecoveryLayer(inner: KeyBackend, options: RecoveryLayerOptio
     return inner.unwrap({ ...request, ciphertext, ...(annotations ? { annotations } : {}) });
   }
 
-  const layer: KeyBackend = {
+  // Everything else is the inner backend's own: the optional parts (health, keySet) only where it has them.
+  return {
     name: inner.name,
     currentKeyID: () => inner.currentKeyID(),
     wrap,
     unwrap,
     reload: () => inner.reload(),
     close: () => inner.close(),
+    ...(inner.health === undefined ? {} : { health: inner.health.bind(inner) }),
+    ...(inner.keySet === undefined ? {} : { keySet: inner.keySet.bind(inner) }),
   };
-  const health = inner.health?.bind(inner);
-  return health === undefined ? layer : { ...layer, health };
 }

@@ -74,3 +74,19 @@ describe('recovery layer on the keyring backend', async () => {
     );
   });
 });
+
+describe('recovery layer passes the backend through', () => {
+  it('keeps the optional parts of the backend it wraps (keySet for /metrics, health)', async () => {
+    const inner = await createKeyringBackend({ path });
+    const layer = withRecoveryLayer(inner, { publicKey: generateRecoveryKey() });
+    try {
+      assert.ok(inner.keySet !== undefined);
+      assert.deepEqual(layer.keySet?.(), inner.keySet());
+      assert.equal(layer.health === undefined, inner.health === undefined);
+      assert.equal(layer.name, inner.name);
+      assert.equal(await layer.currentKeyID(), await inner.currentKeyID());
+    } finally {
+      await layer.close();
+    }
+  });
+});
