@@ -2,7 +2,8 @@
 # Provides the container tooling the image build and the image test use, all from Debian:
 # mmdebstrap (root filesystem from Debian packages), buildah (image from scratch), skopeo (OCI and
 # docker archives), podman + runc (run the image as the static Pod would), uidmap and fuse-overlayfs
-# (podman storage on hosts without native overlay), and promtool (alert rules), which is taken out
+# (podman storage on hosts without native overlay), systemd-analyze (verifies the unit file), and
+# promtool (alert rules), which is taken out
 # of Debian's prometheus package without installing the server (no service, no user).
 # Then builds the plugin's image (scripts/build-image.sh, cached by a hash of its inputs), so the
 # suite's image tests find it. Idempotent: a rerun with everything present does nothing but check.
@@ -16,8 +17,8 @@ mkdir -p "$bin"
 export DEBIAN_FRONTEND=noninteractive
 apt_opts=(-y --no-install-recommends -o DPkg::Lock::Timeout=600)
 
-tools=(mmdebstrap buildah podman runc skopeo newuidmap fuse-overlayfs)
-pkgs=(mmdebstrap buildah podman runc skopeo uidmap fuse-overlayfs)
+tools=(mmdebstrap buildah podman runc skopeo newuidmap fuse-overlayfs systemd-analyze)
+pkgs=(mmdebstrap buildah podman runc skopeo uidmap fuse-overlayfs systemd)
 missing=()
 for i in "${!tools[@]}"; do
   command -v "${tools[$i]}" >/dev/null 2>&1 || missing+=("${pkgs[$i]}")
