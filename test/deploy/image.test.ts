@@ -10,9 +10,11 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { parse } from 'yaml';
 import { createKmsV1Client, createKmsV2Client, newUID } from '../../src/kms-client/index.js';
 import {
@@ -24,6 +26,7 @@ import {
   type ImageInfo,
 } from './podman.js';
 
+const exec = promisify(execFile);
 const MANIFEST = 'deploy/kubernetes/atrest-kms-plugin.yaml';
 const KEYRING_DIR = '/etc/kubernetes/atrest';
 const SOCKET_DIR = '/var/run/atrest';
@@ -82,6 +85,13 @@ test('the manifest runs the image this tree builds, and its probes use the healt
     assert.equal(probe.httpGet.host, '127.0.0.1');
   }
   assert.equal(pod.spec.dnsPolicy, 'Default');
+  // The docker archive (for `ctr -n k8s.io images import`) holds the same image under the same name.
+  const { stdout: oci } = await exec('skopeo', ['inspect', '--config', `oci-archive:${image.oci}`]);
+  const { stdout: docker } = await exec('skopeo', ['inspect', '--config', `docker-archive:${image.docker}`]);
+  assert.deepEqual(JSON.parse(docker).rootfs, JSON.parse(oci).rootfs);
+  assert.deepEqual(JSON.parse(docker).config.Entrypoint, c.command);
+  const { stdout: raw } = await exec('tar', ['-xOf', image.docker, 'manifest.json']);
+  assert.deepEqual(JSON.parse(raw)[0].RepoTags, [image.reference]);
 });
 
 test('the image holds node and the plugin only: no shell, no npm, no tests, non-root by default', async () => {
