@@ -34,6 +34,11 @@ for tool in mmdebstrap buildah skopeo; do
   fi
 done
 
+if [[ ! -x "$root/node_modules/.bin/tsc" ]]; then
+  log "node_modules/.bin/tsc is missing: run npm ci first"
+  exit 1
+fi
+
 inputs_hash() {
   (
     cd "$root"
