@@ -39,7 +39,7 @@ before(async () => {
   await mkdir(prefix, { recursive: true });
 });
 
-test('npm pack installs into an empty prefix without install scripts and serves', async (t) => {
+test('npm pack installs into an empty prefix without install scripts and serves', { timeout: 15 * 60_000 }, async (t) => {
   const packed = await run('npm', ['pack', '--json', '--pack-destination', dir]);
   const [info] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf('[')));
   const files = new Set<string>(info.files.map((f: { path: string }) => f.path));
