@@ -31,6 +31,8 @@ export async function buildAndLoadImage(): Promise<ImageInfo> {
   if (!`${loaded.stdout}${loaded.stderr}`.includes(info.reference)) {
     throw new Error(`podman load did not report ${info.reference}:\n${loaded.stdout}${loaded.stderr}`);
   }
+  // Earlier builds of the image, untagged by this load: drop them so the store does not grow.
+  await exec('podman', ['image', 'prune', '--force', '--filter', 'label=org.opencontainers.image.title=atrest']);
   return info;
 }
 
