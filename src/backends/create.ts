@@ -4,7 +4,7 @@
 import type { Logger } from '../logger.js';
 import { createAwsKmsService } from './aws-kms.js';
 import { resolveSecret, type BackendSection } from './config.js';
-import { createPkcs11Service } from './pkcs11.js';
+import { importWithOptional } from './optional-module.js';
 import { createRemoteBackend, type KekService, type RemoteKeyBackend } from './remote.js';
 
 export interface CreateBackendDeps {
@@ -13,13 +13,17 @@ export interface CreateBackendDeps {
   readonly logger: Logger;
 }
 
-export function createConfiguredBackend(
+export async function createConfiguredBackend(
   section: BackendSection,
   deps: CreateBackendDeps,
-): RemoteKeyBackend {
+): Promise<RemoteKeyBackend> {
   let service: KekService;
   switch (section.backend) {
-    case 'pkcs11':
+    case 'pkcs11': {
+      // pkcs11js is an optional (native) dependency: loaded only for this backend.
+      const { createPkcs11Service } = await importWithOptional('pkcs11', 'pkcs11js', () =>
+        import('./pkcs11.js'),
+      );
       service = createPkcs11Service(
         {
           module: section.module,
@@ -30,6 +34,7 @@ export function createConfiguredBackend(
         { pin: () => resolveSecret(section.pin, deps) },
       );
       break;
+    }
     case 'aws-kms':
       service = createAwsKmsService({
         keyId: section.keyId,

@@ -217,6 +217,16 @@ async function bindOnce(
     return { server, ino: (await fsp.lstat(endpoint.path)).ino };
   } catch (err) {
     server.close();
+    if ((err as NodeJS.ErrnoException).code === 'EPERM' && options.gid !== undefined) {
+      // Without CAP_CHOWN a process may only hand a file to a group it belongs to.
+      throw new AtrestError(
+        'ERR_SOCKET_ENDPOINT',
+        `cannot give ${endpoint.path} to group ${options.gid}: this process is not in that group ` +
+          `and has no CAP_CHOWN; run it with the group as a supplementary group ` +
+          `(supplementalGroups in a Pod, SupplementaryGroups= in systemd)`,
+        { cause: err },
+      );
+    }
     throw new AtrestError(
       'ERR_SOCKET_ENDPOINT',
       `cannot set owner/mode of ${endpoint.path}: ${(err as Error).message}`,

@@ -20,8 +20,8 @@ test('the static Pod shares the socket directory, probes /livez and /readyz, and
   const pod = await yamlFile('deploy/kubernetes/atrest-kms-plugin.yaml');
   assert.equal(pod.kind, 'Pod');
   const c = pod.spec.containers[0];
-  assert.ok(c.command.includes(`--listen=${ENDPOINT}`));
-  assert.ok(c.command.includes(`--health-listen=${DEFAULT_HEALTH_LISTEN}`));
+  assert.ok(c.args.includes(`--listen=${ENDPOINT}`));
+  assert.ok(c.args.includes(`--health-listen=${DEFAULT_HEALTH_LISTEN}`));
   assert.equal(c.livenessProbe.httpGet.path, '/livez');
   assert.equal(c.readinessProbe.httpGet.path, '/readyz');
   assert.equal(c.livenessProbe.httpGet.port, HEALTH_PORT);
@@ -31,8 +31,13 @@ test('the static Pod shares the socket directory, probes /livez and /readyz, and
   assert.ok(c.resources.requests.cpu && c.resources.requests.memory);
   const socketVolume = pod.spec.volumes.find((v: any) => v.name === 'socket-dir');
   assert.equal(socketVolume.hostPath.path, SOCKET_DIR);
-  const keyring = pod.spec.volumes.find((v: any) => v.name === 'keyring');
-  assert.equal(keyring.hostPath.type, 'File');
+  // A directory: `keys rotate` renames a new file over the keyring, which a file mount never shows.
+  const keyring = pod.spec.volumes.find((v: any) => v.name === 'keyring-dir');
+  assert.equal(keyring.hostPath.type, 'Directory');
+  const keyringArg = c.args.find((a: string) => a.startsWith('--keyring='));
+  const mount = c.volumeMounts.find((m: any) => m.name === 'keyring-dir');
+  assert.ok(keyringArg.startsWith(`--keyring=${mount.mountPath}/`));
+  assert.equal(mount.readOnly, true);
   assert.equal(pod.spec.hostNetwork, true);
 });
 
