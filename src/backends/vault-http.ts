@@ -66,7 +66,7 @@ export function classifyVaultStatus(status: number): BackendErrorKind {
 export function vaultErrors(body: Record<string, unknown>): string {
   const errors = body['errors'];
   if (Array.isArray(errors) && errors.every((e) => typeof e === 'string') && errors.length > 0) {
-    return errors.join('; ').slice(0, 300);
+    return errors.join('; ').replace(/\s+/g, ' ').trim().slice(0, 300);
   }
   return 'no error message';
 }

@@ -99,7 +99,7 @@ function record(v: unknown): Record<string, unknown> {
 export function createVaultTransitService(
   config: VaultTransitConfig,
   deps: VaultTransitDeps = {},
-): KekService & { tokenRenewals(): number } {
+): KekService & { authCounts(): { logins: number; renewals: number } } {
   const now = deps.now ?? Date.now;
   const http = deps.http ?? createVaultHttp(config);
   const mount = config.mount.replace(/^\/+|\/+$/g, '');
@@ -109,6 +109,7 @@ export function createVaultTransitService(
   let acquiring: Promise<TokenState> | undefined;
   let info: KeyInfo | undefined;
   let renewals = 0;
+  let logins = 0;
 
   function statusError(what: string, res: VaultResponse, hint: string): BackendError {
     const kind = classifyVaultStatus(res.status);
@@ -126,6 +127,7 @@ export function createVaultTransitService(
 
   async function login(signal: AbortSignal): Promise<TokenState> {
     const auth = config.auth;
+    logins++;
     if (auth.method === 'token') {
       const tok = await auth.token();
       // lookup-self tells whether the token expires and can be renewed; a token without the
@@ -245,7 +247,7 @@ export function createVaultTransitService(
         `reading Transit key ${keyPath}`,
         res,
         res.status === 403
-          ? `the token's policy must allow "read" on ${keyPath} and "update" on ${mount}/encrypt/${config.keyName} and ${mount}/decrypt/${config.keyName}`
+          ? `the token's policy must allow "read" on ${mount}/keys/${config.keyName} and "update" on ${mount}/encrypt/${config.keyName} and ${mount}/decrypt/${config.keyName}`
           : 'Vault is not serving requests',
       );
     }
@@ -304,6 +306,13 @@ export function createVaultTransitService(
       const version = versionOf(keyID);
       const binding = ciphertext[0];
       const ct = ciphertext.subarray(1).toString('latin1');
+      const known = info ?? (await readKey(signal));
+      if (version > known.latest && version > (await readKey(signal)).latest) {
+        throw new AtrestError(
+          'ERR_KEY_UNKNOWN',
+          `Transit key ${keyPath} has no version ${version} (latest is ${info?.latest ?? '?'})`,
+        );
+      }
       if (
         (binding !== BINDING_AAD && binding !== BINDING_DIGEST) ||
         ciphertext.length > TRANSIT_CIPHERTEXT_MAX_BYTES ||
@@ -311,13 +320,6 @@ export function createVaultTransitService(
         !/^[A-Za-z0-9+/:=]+$/.test(ct)
       ) {
         throw new DecryptionFailedError();
-      }
-      const known = info ?? (await readKey(signal));
-      if (version > known.latest && version > (await readKey(signal)).latest) {
-        throw new AtrestError(
-          'ERR_KEY_UNKNOWN',
-          `Transit key ${keyPath} has no version ${version} (latest is ${info?.latest ?? '?'})`,
-        );
       }
       const res = await authed(
         'POST',
@@ -363,6 +365,6 @@ export function createVaultTransitService(
       await http.close();
     },
 
-    tokenRenewals: () => renewals,
+    authCounts: () => ({ logins, renewals }),
   };
 }
