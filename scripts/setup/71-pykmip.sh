@@ -7,6 +7,8 @@
 set -euo pipefail
 
 PYKMIP_VERSION=0.11.0
+# PyKMIP 0.11 leaves its dependencies unpinned; these are the versions it is tested with here.
+PYKMIP_PINS=(cryptography==50.0.2 sqlalchemy==2.1.9)
 bin="${ATREST_CACHE_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/atrest/bin}"
 venv="$(dirname "$bin")/pykmip-$PYKMIP_VERSION"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -28,7 +30,7 @@ fi
 
 source "$here/lib/python-venv.sh"
 make_venv "$venv.partial"
-"$venv.partial/bin/pip" install --quiet --disable-pip-version-check "pykmip==$PYKMIP_VERSION"
+"$venv.partial/bin/pip" install --quiet --disable-pip-version-check "pykmip==$PYKMIP_VERSION" "${PYKMIP_PINS[@]}"
 rm -rf "$venv"
 mv "$venv.partial" "$venv"
 # A venv's scripts name their interpreter by absolute path; after the move, call it explicitly.
