@@ -239,18 +239,13 @@ def codec_case(case):
         kinds = {
             "integer": primitives.Integer,
             "longInteger": primitives.LongInteger,
-            "enumeration": None,
             "boolean": primitives.Boolean,
             "textString": primitives.TextString,
             "byteString": primitives.ByteString,
             "dateTime": primitives.DateTime,
             "interval": primitives.Interval,
         }
-        cls = kinds[case["type"]]
-        if cls is None:
-            item = primitives.Enumeration(enums.Tags.DEFAULT, tag=enums.Tags(case["tag"]))
-        else:
-            item = cls(tag=enums.Tags(case["tag"]))
+        item = kinds[case["type"]](tag=enums.Tags(case["tag"]))
         item.read(utils.BytearrayStream(h("hex")))
         v = item.value
         if isinstance(v, bytes):

@@ -152,7 +152,9 @@ function decodeAt(buf: Buffer, offset: number, depth: number): [TtlvItem, number
       zeroPad(start + length);
       let value: string;
       try {
-        value = new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(start, start + length));
+        value = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(
+          buf.subarray(start, start + length),
+        );
       } catch {
         throw malformed(`text 0x${tag.toString(16)} is not UTF-8`);
       }
