@@ -13,6 +13,15 @@
 //     region: eu-west-1
 //     encryptionContext: { cluster: prod }
 //     localKEK: { maxUses: 100000, maxAge: 1h }
+//   vault-transit:
+//     address: https://bao.example:8200
+//     keyName: atrest
+//     auth: { method: token, tokenFile: /etc/atrest/bao-token }
+//   kmip:
+//     address: kmip.example:5696
+//     keyName: atrest-kek
+//     clientCertFile: /etc/atrest/kmip.pem
+//     clientKeyFile: /etc/atrest/kmip-key.pem
 
 import { parse as parseYaml } from 'yaml';
 import { ConfigInvalidError, type ConfigProblem } from '../errors.js';

@@ -7,16 +7,20 @@ import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { findTool, freePort, startServer, type RunningServer } from './servers.js';
 import type { KmipConfig } from '../../src/backends/kmip/kmip.js';
 
 const run = promisify(execFile);
-export const KMIP_TOOL = fileURLToPath(
-  new URL('../../../test/backends/kmip_tool.py', import.meta.url),
-);
+/** test/backends/kmip_tool.py in the source tree, wherever tsc put this compiled file. */
+export const KMIP_TOOL = ((): string => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+  return join(dir, 'test', 'backends', 'kmip_tool.py');
+})();
 
 export interface PyKmip {
   readonly host: string;
