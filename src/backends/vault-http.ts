@@ -75,9 +75,18 @@ function transportError(what: string, err: unknown): BackendError {
   const e = err as { name?: string; code?: string; cause?: { code?: string } };
   const code = e?.code ?? e?.cause?.code;
   const aborted = e?.name === 'AbortError' || e?.name === 'TimeoutError';
+  const detail = aborted ? 'timed out' : (code ?? e?.name ?? 'error');
+  // An untrusted or mismatching server certificate is a configuration problem, not an outage.
+  if (code !== undefined && /CERT|SSL|TLS|UNABLE_TO_VERIFY|SELF_SIGNED/.test(code)) {
+    return new BackendError(
+      VAULT_TRANSIT_BACKEND,
+      'user-induced',
+      `${what}: the TLS handshake failed (${detail}): check caFile, the client certificate and the address`,
+      { cause: err },
+    );
+  }
   const kind: BackendErrorKind =
     aborted || (code !== undefined && NETWORK_CODES.has(code)) ? 'unavailable' : 'other';
-  const detail = aborted ? 'timed out' : (code ?? e?.name ?? 'error');
   return new BackendError(VAULT_TRANSIT_BACKEND, kind, `${what}: cannot reach Vault (${detail})`, {
     cause: err,
   });

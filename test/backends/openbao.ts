@@ -4,7 +4,8 @@
 // HTTP API; rotation uses the `bao` CLI exactly as docs/backends.md tells operators to.
 
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { Agent, fetch as undiciFetch } from 'undici';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -16,6 +17,8 @@ export const ROOT_TOKEN = 'atrest-root';
 export interface OpenBao {
   readonly address: string;
   readonly dir: string;
+  /** dev-tls: the generated CA's PEM file. */
+  readonly caFile: string;
   /** The root token (dev: fixed; file storage: from init). */
   readonly rootToken: () => string;
   start(): Promise<void>;
@@ -29,16 +32,33 @@ export interface OpenBao {
   close(): Promise<void>;
 }
 
-export async function createOpenBao(mode: 'dev' | 'file'): Promise<OpenBao> {
+/** dev: in memory over HTTP; dev-tls: the same over HTTPS with a generated CA; file: Raft storage. */
+export async function createOpenBao(mode: 'dev' | 'dev-tls' | 'file'): Promise<OpenBao> {
   const bao = findTool('bao', '70-openbao.sh');
   const port = await freePort();
   const clusterPort = await freePort();
-  const address = `http://127.0.0.1:${port}`;
+  const address = `${mode === 'dev-tls' ? 'https' : 'http'}://127.0.0.1:${port}`;
   const dir = await mkdtemp(join(tmpdir(), `atrest-bao-${mode}-`));
   // bao keeps a token helper file in $HOME; keep it out of the real one.
-  const env = { ...process.env, HOME: dir, BAO_ADDR: address, VAULT_ADDR: address };
+  const tlsDir = join(dir, 'tls');
+  const env = {
+    ...process.env,
+    HOME: dir,
+    BAO_ADDR: address,
+    VAULT_ADDR: address,
+    ...(mode === 'dev-tls' ? { BAO_CACERT: join(tlsDir, 'vault-ca.pem') } : {}),
+  };
+  let agent: Agent | undefined;
+  const dispatcher = async (): Promise<Agent> => {
+    if (agent !== undefined) return agent;
+    const ca = mode === 'dev-tls' ? await readFile(join(tlsDir, 'vault-ca.pem'), 'utf8') : undefined;
+    agent = new Agent({ connect: ca !== undefined ? { ca } : {} });
+    return agent;
+  };
+  const fetch = async (url: string, init: Parameters<typeof undiciFetch>[1] = {}) =>
+    undiciFetch(url, { ...init, dispatcher: await dispatcher() });
   let server: RunningServer | undefined;
-  let root = mode === 'dev' ? ROOT_TOKEN : '';
+  let root = mode === 'file' ? '' : ROOT_TOKEN;
   let unsealKey = '';
 
   async function api(
@@ -66,9 +86,11 @@ export async function createOpenBao(mode: 'dev' | 'file'): Promise<OpenBao> {
   const b: OpenBao = {
     address,
     dir,
+    caFile: join(tlsDir, 'vault-ca.pem'),
     rootToken: () => root,
     async start() {
-      if (mode === 'dev') {
+      if (mode === 'dev' || mode === 'dev-tls') {
+        if (mode === 'dev-tls') await mkdir(tlsDir, { recursive: true });
         server = await startServer(
           bao,
           [
@@ -76,6 +98,7 @@ export async function createOpenBao(mode: 'dev' | 'file'): Promise<OpenBao> {
             '-dev',
             `-dev-root-token-id=${ROOT_TOKEN}`,
             `-dev-listen-address=127.0.0.1:${port}`,
+            ...(mode === 'dev-tls' ? ['-dev-tls', `-dev-tls-cert-dir=${tlsDir}`] : []),
           ],
           health,
           env,
@@ -133,6 +156,7 @@ export async function createOpenBao(mode: 'dev' | 'file'): Promise<OpenBao> {
     },
     async close() {
       await b.stop();
+      await agent?.close();
       await rm(dir, { recursive: true, force: true });
     },
   };

@@ -1,7 +1,8 @@
 // The vault-transit backend against a real OpenBao server (scripts/setup/70-openbao.sh): the shared
 // backend suite with and without the local KEK tier, rotation with the `bao` CLI, every auth method
-// (token file re-read on reload and renewed, AppRole with re-login), min_decryption_version, a key
-// type without associated data, error kinds (403, sealed 503) driving health, and recovery.
+// (token file re-read on reload and renewed, AppRole and TLS-certificate login with re-login), a
+// namespace, min_decryption_version, a key type without associated data, error kinds (403, sealed
+// 503, an untrusted server) driving health, and recovery.
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,6 +25,10 @@ import {
 import { runBackendSuite, waitFor } from './suite.js';
 import { replaceEnvelopeKeyID } from './envelope-edit.js';
 import { createOpenBao, provisionTransit, transitToken, type OpenBao } from './openbao.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { findTool } from './servers.js';
+import { KMIP_TOOL } from './pykmip.js';
 
 const KEY = 'atrest-suite';
 const io = { env: process.env, readFile: (p: string) => readFile(p, 'utf8') };
@@ -353,5 +358,72 @@ describe('vault-transit against a sealed OpenBao', () => {
     await bao.unseal();
     await waitFor('health to recover', () => b.health().ok);
     assert.deepEqual(await b.unwrap({ ciphertext: w.ciphertext }), plaintext);
+  });
+});
+
+describe('vault-transit over TLS with certificate auth', () => {
+  let bao: OpenBao;
+  let certs: string;
+  before(async () => {
+    bao = await createOpenBao('dev-tls');
+    await provisionTransit(bao, KEY);
+    // A client CA and certificate (clientAuth), made by the same helper as the KMIP tests'.
+    certs = join(bao.dir, 'client-certs');
+    await promisify(execFile)(findTool('pykmip-python', '71-pykmip.sh'), [KMIP_TOOL, 'certs', certs], {
+      env: { ...process.env, PYTHONWARNINGS: 'ignore' },
+    });
+    await transitToken(bao, KEY); // writes the atrest-<key> policy
+    await bao.api('POST', 'sys/auth/cert', { type: 'cert' });
+    await bao.api('POST', 'auth/cert/certs/atrest', {
+      certificate: await readFile(join(certs, 'ca.pem'), 'utf8'),
+      token_policies: [`atrest-${KEY}`],
+      token_ttl: '20m',
+    });
+  });
+  after(() => bao?.close());
+
+  it('logs in with the client certificate, verifies the server against its CA, and logs in again before expiry', async (t) => {
+    let clock = Date.now();
+    const svc = createVaultTransitService(
+      {
+        address: bao.address,
+        mount: 'transit',
+        keyName: KEY,
+        ca: await readFile(bao.caFile, 'utf8'),
+        cert: await readFile(join(certs, 'client.pem'), 'utf8'),
+        key: await readFile(join(certs, 'client-key.pem'), 'utf8'),
+        auth: { method: 'cert', mount: 'cert', role: 'atrest' },
+      },
+      { now: () => clock },
+    );
+    const b = createRemoteBackend(svc, { background: false });
+    t.after(() => b.close());
+    const plaintext = randomBytes(32);
+    const w = await b.wrap({ plaintext });
+    assert.deepEqual(await b.unwrap({ ciphertext: w.ciphertext }), plaintext);
+    assert.equal(svc.authCounts().logins, 1);
+    clock += 14 * 60_000;
+    await b.refresh();
+    assert.equal(svc.authCounts().logins, 2);
+  });
+
+  it('refuses a server its CA does not vouch for, as user-induced', async (t) => {
+    const b = createRemoteBackend(
+      createVaultTransitService({
+        address: bao.address,
+        mount: 'transit',
+        keyName: KEY,
+        ca: await readFile(join(certs, 'ca.pem'), 'utf8'),
+        auth: { method: 'token', token: async () => bao.rootToken() },
+      }),
+      { background: false },
+    );
+    t.after(() => b.close());
+    await assert.rejects(b.refresh(), (err: unknown) => {
+      assert.ok(err instanceof BackendError, String(err));
+      assert.equal(err.kind, 'user-induced');
+      assert.match(err.message, /certificate/i);
+      return true;
+    });
   });
 });
