@@ -20,7 +20,11 @@ import { createKeyring, writeKeyringFile } from '../src/backends/keyring-file.js
 import { createAwsKmsService } from '../src/backends/aws-kms.js';
 import { createVaultTransitService } from '../src/backends/vault-transit.js';
 import { createKmipService } from '../src/backends/kmip/kmip.js';
-import { createRemoteBackend, type KekService, type RemoteKeyBackend } from '../src/backends/remote.js';
+import {
+  createRemoteBackend,
+  type KekService,
+  type RemoteKeyBackend,
+} from '../src/backends/remote.js';
 import { answersHttp, findTool, freePort, startServer } from '../test/backends/servers.js';
 import { createOpenBao, provisionTransit, transitToken } from '../test/backends/openbao.js';
 import { createPyKmip } from '../test/backends/pykmip.js';

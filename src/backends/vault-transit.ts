@@ -235,7 +235,12 @@ export function createVaultTransitService(
   }
 
   async function readKey(signal: AbortSignal): Promise<KeyInfo> {
-    const res = await authed('GET', `${mount}/keys/${encodeURIComponent(config.keyName)}`, undefined, signal);
+    const res = await authed(
+      'GET',
+      `${mount}/keys/${encodeURIComponent(config.keyName)}`,
+      undefined,
+      signal,
+    );
     if (res.status === 404) {
       throw fail(
         'user-induced',
@@ -254,13 +259,19 @@ export function createVaultTransitService(
     const data = record(res.body['data']);
     const latest = data['latest_version'];
     const type = data['type'];
-    if (typeof latest !== 'number' || !Number.isInteger(latest) || latest < 1 || typeof type !== 'string') {
+    if (
+      typeof latest !== 'number' ||
+      !Number.isInteger(latest) ||
+      latest < 1 ||
+      typeof type !== 'string'
+    ) {
       throw fail('other', `Transit key ${keyPath}: unexpected answer (no latest_version/type)`);
     }
     if (data['supports_encryption'] === false) {
       throw fail('user-induced', `Transit key ${keyPath} has type ${type}, which cannot encrypt`);
     }
-    const minDecryption = typeof data['min_decryption_version'] === 'number' ? data['min_decryption_version'] : 1;
+    const minDecryption =
+      typeof data['min_decryption_version'] === 'number' ? data['min_decryption_version'] : 1;
     const got = { type, latest, minDecryption };
     info = got;
     return got;
@@ -293,13 +304,20 @@ export function createVaultTransitService(
         signal,
       );
       if (res.status >= 300) {
-        throw statusError(`Transit encrypt with ${keyPath} v${version}`, res, 'check the key and the token policy');
+        throw statusError(
+          `Transit encrypt with ${keyPath} v${version}`,
+          res,
+          'check the key and the token policy',
+        );
       }
       const ct = record(res.body['data'])['ciphertext'];
       if (typeof ct !== 'string' || !ct.startsWith(`vault:v${version}:`)) {
         throw fail('other', `Transit encrypt returned no ciphertext of version ${version}`);
       }
-      return Buffer.concat([Buffer.from([aead ? BINDING_AAD : BINDING_DIGEST]), Buffer.from(ct, 'ascii')]);
+      return Buffer.concat([
+        Buffer.from([aead ? BINDING_AAD : BINDING_DIGEST]),
+        Buffer.from(ct, 'ascii'),
+      ]);
     },
 
     async decrypt(keyID, ciphertext, aad, signal) {
@@ -332,7 +350,10 @@ export function createVaultTransitService(
       );
       if (res.status >= 300) {
         const message = vaultErrors(res.body);
-        if (res.status === 400 && /too old|disallowed by policy|min_decryption_version/i.test(message)) {
+        if (
+          res.status === 400 &&
+          /too old|disallowed by policy|min_decryption_version/i.test(message)
+        ) {
           throw fail(
             'user-induced',
             `data wrapped by version ${version} of Transit key ${keyPath} can no longer be decrypted: ` +
@@ -343,13 +364,20 @@ export function createVaultTransitService(
         if (res.status === 400 && !/not found/i.test(message)) {
           throw fail('corruption', `Transit refused the ciphertext (HTTP 400: ${message})`);
         }
-        throw statusError(`Transit decrypt with ${keyPath} v${version}`, res, 'check the key and the token policy');
+        throw statusError(
+          `Transit decrypt with ${keyPath} v${version}`,
+          res,
+          'check the key and the token policy',
+        );
       }
       const pt = record(res.body['data'])['plaintext'];
       if (typeof pt !== 'string') throw fail('other', 'Transit decrypt returned no plaintext');
       const out = Buffer.from(pt, 'base64');
       if (binding === BINDING_AAD) return out;
-      if (out.length < DIGEST_BYTES || !timingSafeEqual(out.subarray(0, DIGEST_BYTES), digestOf(aad))) {
+      if (
+        out.length < DIGEST_BYTES ||
+        !timingSafeEqual(out.subarray(0, DIGEST_BYTES), digestOf(aad))
+      ) {
         throw new DecryptionFailedError();
       }
       return out.subarray(DIGEST_BYTES);

@@ -118,7 +118,12 @@ describe('KMIP TTLV codec', () => {
       (v) => v.item.type !== 'structure' && v.item.type !== 'enumeration',
     );
     const got = await pykmip(
-      primitives.map((v) => ({ op: 'decode-item', type: v.item.type, tag: v.item.tag, hex: hex(v.bytes).toString('hex') })),
+      primitives.map((v) => ({
+        op: 'decode-item',
+        type: v.item.type,
+        tag: v.item.tag,
+        hex: hex(v.bytes).toString('hex'),
+      })),
     );
     const expected = primitives.map((v) => {
       const value = v.item.value as unknown;
@@ -137,8 +142,22 @@ describe('KMIP TTLV codec', () => {
     const aad = randomBytes(40);
     const tag = randomBytes(16);
     const [enc, dec] = (await pykmip([
-      { op: 'encrypt-request', uid, data: data.toString('hex'), iv: iv.toString('hex'), aad: aad.toString('hex'), tagLength: 16 },
-      { op: 'decrypt-request', uid, data: data.toString('hex'), iv: iv.toString('hex'), aad: aad.toString('hex'), tag: tag.toString('hex') },
+      {
+        op: 'encrypt-request',
+        uid,
+        data: data.toString('hex'),
+        iv: iv.toString('hex'),
+        aad: aad.toString('hex'),
+        tagLength: 16,
+      },
+      {
+        op: 'decrypt-request',
+        uid,
+        data: data.toString('hex'),
+        iv: iv.toString('hex'),
+        aad: aad.toString('hex'),
+        tag: tag.toString('hex'),
+      },
     ])) as string[];
     assert.equal(encodeTtlv(encryptRequest(uid, data, iv, aad, 16)).toString('hex'), enc);
     assert.equal(encodeTtlv(decryptRequest(uid, data, iv, aad, tag)).toString('hex'), dec);
@@ -150,7 +169,10 @@ describe('KMIP TTLV codec', () => {
     const aad = randomBytes(7);
     const tag = randomBytes(16);
     const [dec, loc] = (await pykmip([
-      { op: 'decode-request', hex: encodeTtlv(decryptRequest('42', data, iv, aad, tag)).toString('hex') },
+      {
+        op: 'decode-request',
+        hex: encodeTtlv(decryptRequest('42', data, iv, aad, tag)).toString('hex'),
+      },
       { op: 'decode-request', hex: encodeTtlv(locateActiveKeys('atrest-kek')).toString('hex') },
     ])) as Record<string, unknown>[];
     assert.deepEqual(dec, {
@@ -165,7 +187,11 @@ describe('KMIP TTLV codec', () => {
       aad: aad.toString('hex'),
       tag: tag.toString('hex'),
     });
-    assert.deepEqual(loc, { version: [1, 4], operation: 'LOCATE', attributes: ['Name', 'Object Type', 'State'] });
+    assert.deepEqual(loc, {
+      version: [1, 4],
+      operation: 'LOCATE',
+      attributes: ['Name', 'Object Type', 'State'],
+    });
   });
 
   it("reads an Encrypt response written by PyKMIP's message classes", async () => {
@@ -183,7 +209,9 @@ describe('KMIP TTLV codec', () => {
   });
 
   it('refuses truncated, padded-wrong, unknown-type and over-nested input with a format error', () => {
-    const good = encodeTtlv(encryptRequest('1', randomBytes(32), randomBytes(12), randomBytes(8), 16));
+    const good = encodeTtlv(
+      encryptRequest('1', randomBytes(32), randomBytes(12), randomBytes(8), 16),
+    );
     for (let n = 0; n < good.length; n += 7) {
       assert.throws(() => decodeTtlv(good.subarray(0, n)), FormatInvalidError, `truncated at ${n}`);
     }
@@ -194,7 +222,8 @@ describe('KMIP TTLV codec', () => {
     const huge = hex('42 00 20 | 08 | FF FF FF FF | 00 00 00 00 00 00 00 00');
     assert.throws(() => decodeTtlv(huge), FormatInvalidError);
     let nested: TtlvItem = { tag: 0x420020, type: 'integer', value: 1 };
-    for (let i = 0; i <= TTLV_MAX_DEPTH + 1; i++) nested = { tag: 0x420020, type: 'structure', value: [nested] };
+    for (let i = 0; i <= TTLV_MAX_DEPTH + 1; i++)
+      nested = { tag: 0x420020, type: 'structure', value: [nested] };
     assert.throws(() => decodeTtlv(encodeTtlv(nested)), FormatInvalidError);
   });
 

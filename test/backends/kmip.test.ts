@@ -27,7 +27,10 @@ after(() => kmip.close());
 // in a later second than the key it replaces, or the two tie.
 let lastCreatedSecond = 0;
 async function createKey(name: string): Promise<string> {
-  await waitFor('a new second on the clock', () => Math.floor(Date.now() / 1000) > lastCreatedSecond);
+  await waitFor(
+    'a new second on the clock',
+    () => Math.floor(Date.now() / 1000) > lastCreatedSecond,
+  );
   const uid = await kmip.createKey(name);
   lastCreatedSecond = Math.floor(Date.now() / 1000);
   return uid;

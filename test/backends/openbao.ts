@@ -51,7 +51,8 @@ export async function createOpenBao(mode: 'dev' | 'dev-tls' | 'file'): Promise<O
   let agent: Agent | undefined;
   const dispatcher = async (): Promise<Agent> => {
     if (agent !== undefined) return agent;
-    const ca = mode === 'dev-tls' ? await readFile(join(tlsDir, 'vault-ca.pem'), 'utf8') : undefined;
+    const ca =
+      mode === 'dev-tls' ? await readFile(join(tlsDir, 'vault-ca.pem'), 'utf8') : undefined;
     agent = new Agent({ connect: ca !== undefined ? { ca } : {} });
     return agent;
   };
@@ -173,7 +174,8 @@ export async function provisionTransit(
 ): Promise<void> {
   const mounts = await b.api('GET', 'sys/mounts');
   const data = (mounts['data'] ?? mounts) as Record<string, unknown>;
-  if (data[`${mount}/`] === undefined) await b.api('POST', `sys/mounts/${mount}`, { type: 'transit' });
+  if (data[`${mount}/`] === undefined)
+    await b.api('POST', `sys/mounts/${mount}`, { type: 'transit' });
   await b.api('POST', `${mount}/keys/${name}`, { type });
 }
 

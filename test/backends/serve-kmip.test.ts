@@ -75,19 +75,29 @@ describe('atrest serve with the kmip backend', () => {
     // PyKMIP dates keys to the second: the new key must be made in a later second to be the newest.
     await waitFor('a new second', () => Math.floor(Date.now() / 1000) > createdSecond);
     const uid = await kmip.createKey(KEY);
-    await waitFor('Status to show the new key', async () => (await plugin.v2.status()).keyID === `kmip:${uid}`);
+    await waitFor(
+      'Status to show the new key',
+      async () => (await plugin.v2.status()).keyID === `kmip:${uid}`,
+    );
     assert.equal((await plugin.v2.encrypt(randomBytes(32), 'u3')).keyID, `kmip:${uid}`);
     assert.deepEqual(await plugin.v1.decrypt(old), dek);
   });
 
   it('fails /healthz (not /livez) while the KMIP server is stopped, and recovers once it is back', async () => {
     await kmip.stop();
-    await waitFor('Status to report the outage', async () => (await plugin.v2.status()).healthz !== 'ok');
+    await waitFor(
+      'Status to report the outage',
+      async () => (await plugin.v2.status()).healthz !== 'ok',
+    );
     assert.match((await plugin.v2.status()).healthz, /kmip.*(reach|closed|timed out)/i);
     assert.equal((await plugin.health('/healthz')).status, 503);
     assert.equal((await plugin.health('/livez')).status, 200);
     await kmip.start();
-    await waitFor('Status to recover', async () => (await plugin.v2.status()).healthz === 'ok', 30_000);
+    await waitFor(
+      'Status to recover',
+      async () => (await plugin.v2.status()).healthz === 'ok',
+      30_000,
+    );
     const dek = randomBytes(32);
     assert.deepEqual(await plugin.v1.decrypt(await plugin.v1.encrypt(dek)), dek);
     assert.equal(plugin.process.exitCode, null, 'the plugin kept running');

@@ -76,35 +76,56 @@ describe('atrest serve with the vault-transit backend', () => {
     const dek = randomBytes(32);
     const old = await plugin.v1.encrypt(dek);
     await bao.cli('write', '-f', `transit/keys/${KEY}/rotate`);
-    await waitFor('Status to show v2', async () => (await plugin.v2.status()).keyID.endsWith(':v2'));
-    assert.equal((await plugin.v2.encrypt(randomBytes(32), 'u3')).keyID, `vault-transit:transit/${KEY}:v2`);
+    await waitFor('Status to show v2', async () =>
+      (await plugin.v2.status()).keyID.endsWith(':v2'),
+    );
+    assert.equal(
+      (await plugin.v2.encrypt(randomBytes(32), 'u3')).keyID,
+      `vault-transit:transit/${KEY}:v2`,
+    );
     assert.deepEqual(await plugin.v1.decrypt(old), dek);
   });
 
   it('fails /healthz (not /livez) while OpenBao is sealed, and recovers once unsealed', async () => {
     await bao.seal();
-    await waitFor('Status to report the sealed server', async () => (await plugin.v2.status()).healthz !== 'ok');
+    await waitFor(
+      'Status to report the sealed server',
+      async () => (await plugin.v2.status()).healthz !== 'ok',
+    );
     assert.match((await plugin.v2.status()).healthz, /vault-transit.*503.*sealed/i);
     const healthz = await plugin.health('/healthz');
     assert.equal(healthz.status, 503);
     assert.equal((await plugin.health('/livez')).status, 200);
     await bao.unseal();
-    await waitFor('Status to recover', async () => (await plugin.v2.status()).healthz === 'ok', 30_000);
+    await waitFor(
+      'Status to recover',
+      async () => (await plugin.v2.status()).healthz === 'ok',
+      30_000,
+    );
     assert.equal((await plugin.health('/healthz')).status, 200);
     assert.equal(plugin.process.exitCode, null, 'the plugin kept running');
   });
 
   it('reports a revoked token, and re-reads the token file on SIGHUP', async () => {
     await bao.api('POST', 'auth/token/revoke', { token });
-    await waitFor('Status to report the revoked token', async () => (await plugin.v2.status()).healthz !== 'ok');
+    await waitFor(
+      'Status to report the revoked token',
+      async () => (await plugin.v2.status()).healthz !== 'ok',
+    );
     assert.match((await plugin.v2.status()).healthz, /403|token/);
     assert.equal((await plugin.health('/livez')).status, 200);
     const fresh = await transitToken(bao, KEY);
     await writeFile(tokenFile, fresh + '\n');
     plugin.process.kill('SIGHUP');
-    await waitFor('Status to recover after SIGHUP', async () => (await plugin.v2.status()).healthz === 'ok');
+    await waitFor(
+      'Status to recover after SIGHUP',
+      async () => (await plugin.v2.status()).healthz === 'ok',
+    );
     const dek = randomBytes(32);
     assert.deepEqual(await plugin.v1.decrypt(await plugin.v1.encrypt(dek)), dek);
-    assert.ok(!plugin.stderr().includes(fresh) && !plugin.stderr().includes(token), 'no token in logs');
+    assert.ok(
+      !plugin.stderr().includes(fresh) && !plugin.stderr().includes(token),
+      'no token in logs',
+    );
   });
 });

@@ -64,7 +64,11 @@ describe('vault-transit configuration', () => {
       'f',
       'vault-transit',
     );
-    assert.deepEqual((cert as { auth: unknown }).auth, { method: 'cert', mount: 'cert', role: 'atrest' });
+    assert.deepEqual((cert as { auth: unknown }).auth, {
+      method: 'cert',
+      mount: 'cert',
+      role: 'atrest',
+    });
   });
 
   it('reports every problem with its path and never echoes an inline secret', () => {
@@ -96,17 +100,26 @@ describe('vault-transit configuration', () => {
 
   it('refuses an inline token as REDACTED and a missing auth section', () => {
     assert.deepEqual(
-      problems('vault-transit:\n  address: https://b\n  keyName: k\n  auth: { method: token, token: hvs.abc }\n', 'vault-transit'),
+      problems(
+        'vault-transit:\n  address: https://b\n  keyName: k\n  auth: { method: token, token: hvs.abc }\n',
+        'vault-transit',
+      ),
       [
         'vault-transit.auth.token: REDACTED: do not write the token in the configuration; use tokenFile or tokenEnv',
       ],
     );
-    assert.deepEqual(problems('vault-transit:\n  address: https://b\n  keyName: k\n', 'vault-transit'), [
-      'vault-transit.auth: is required: {method: token | approle | cert, ...}',
-    ]);
     assert.deepEqual(
-      problems('vault-transit:\n  address: https://b\n  keyName: k\n  auth: { method: cert }\n', 'vault-transit'),
-      ['vault-transit.auth.method: cert auth needs clientCertFile and clientKeyFile in the section'],
+      problems('vault-transit:\n  address: https://b\n  keyName: k\n', 'vault-transit'),
+      ['vault-transit.auth: is required: {method: token | approle | cert, ...}'],
+    );
+    assert.deepEqual(
+      problems(
+        'vault-transit:\n  address: https://b\n  keyName: k\n  auth: { method: cert }\n',
+        'vault-transit',
+      ),
+      [
+        'vault-transit.auth.method: cert auth needs clientCertFile and clientKeyFile in the section',
+      ],
     );
   });
 });
@@ -130,12 +143,15 @@ describe('kmip configuration', () => {
   });
 
   it('reports every problem with its path', () => {
-    assert.deepEqual(problems('kmip:\n  address: https://kmip.example\n  colour: red\n', 'kmip').sort(), [
-      'kmip.address: must be host:port, such as kmip.example:5696',
-      'kmip.clientCertFile: is required: KMIP servers authenticate clients by certificate',
-      'kmip.colour: unknown field',
-      'kmip.keyName: is required',
-    ]);
+    assert.deepEqual(
+      problems('kmip:\n  address: https://kmip.example\n  colour: red\n', 'kmip').sort(),
+      [
+        'kmip.address: must be host:port, such as kmip.example:5696',
+        'kmip.clientCertFile: is required: KMIP servers authenticate clients by certificate',
+        'kmip.colour: unknown field',
+        'kmip.keyName: is required',
+      ],
+    );
   });
 
   it('names the field of an unreadable TLS file when the backend is built', async () => {
@@ -154,7 +170,10 @@ describe('kmip configuration', () => {
       }),
       (err: unknown) => {
         assert.ok(err instanceof ConfigInvalidError);
-        assert.match(err.message, /kmip\.clientCertFile: cannot read \/nonexistent\/c\.pem: ENOENT/);
+        assert.match(
+          err.message,
+          /kmip\.clientCertFile: cannot read \/nonexistent\/c\.pem: ENOENT/,
+        );
         return true;
       },
     );

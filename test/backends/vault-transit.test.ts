@@ -181,7 +181,10 @@ describe('vault-transit backend', () => {
     await assert.rejects(b.refresh(), (err: unknown) => {
       assert.ok(err instanceof BackendError);
       assert.equal(err.kind, 'user-induced');
-      assert.match(err.message, /HTTP 403.*policy must allow "read" on transit\/keys\/atrest-suite/);
+      assert.match(
+        err.message,
+        /HTTP 403.*policy must allow "read" on transit\/keys\/atrest-suite/,
+      );
       return true;
     });
   });
@@ -369,9 +372,13 @@ describe('vault-transit over TLS with certificate auth', () => {
     await provisionTransit(bao, KEY);
     // A client CA and certificate (clientAuth), made by the same helper as the KMIP tests'.
     certs = join(bao.dir, 'client-certs');
-    await promisify(execFile)(findTool('pykmip-python', '71-pykmip.sh'), [KMIP_TOOL, 'certs', certs], {
-      env: { ...process.env, PYTHONWARNINGS: 'ignore' },
-    });
+    await promisify(execFile)(
+      findTool('pykmip-python', '71-pykmip.sh'),
+      [KMIP_TOOL, 'certs', certs],
+      {
+        env: { ...process.env, PYTHONWARNINGS: 'ignore' },
+      },
+    );
     await transitToken(bao, KEY); // writes the atrest-<key> policy
     await bao.api('POST', 'sys/auth/cert', { type: 'cert' });
     await bao.api('POST', 'auth/cert/certs/atrest', {

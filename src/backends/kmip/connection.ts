@@ -71,8 +71,7 @@ class Connection {
   private buffered: Buffer[] = [];
   private size = 0;
   private waiting:
-    | { resolve: (b: Buffer) => void; reject: (e: unknown) => void; expect?: number }
-    | undefined;
+    { resolve: (b: Buffer) => void; reject: (e: unknown) => void; expect?: number } | undefined;
   private failure: unknown;
   dead = false;
 

@@ -12,9 +12,19 @@
 // The IV is random, chosen by us; the server computes the tag over the envelope header (AAD).
 
 import { randomBytes } from 'node:crypto';
-import { AtrestError, BackendError, DecryptionFailedError, type BackendErrorKind } from '../../errors.js';
+import {
+  AtrestError,
+  BackendError,
+  DecryptionFailedError,
+  type BackendErrorKind,
+} from '../../errors.js';
 import type { KekService } from '../remote.js';
-import { KMIP_BACKEND, createKmipPool, type KmipConnectionConfig, type KmipPool } from './connection.js';
+import {
+  KMIP_BACKEND,
+  createKmipPool,
+  type KmipConnectionConfig,
+  type KmipPool,
+} from './connection.js';
 import {
   RESULT_REASON,
   TAG,
@@ -66,7 +76,10 @@ export function classifyKmipReason(reason: number | undefined): BackendErrorKind
 }
 
 function failure(op: string, r: Extract<KmipResult, { ok: false }>, hint: string): BackendError {
-  const reason = r.reason === undefined ? 'no reason' : (REASON_NAME.get(r.reason) ?? `reason 0x${r.reason.toString(16)}`);
+  const reason =
+    r.reason === undefined
+      ? 'no reason'
+      : (REASON_NAME.get(r.reason) ?? `reason 0x${r.reason.toString(16)}`);
   return new BackendError(
     KMIP_BACKEND,
     classifyKmipReason(r.reason),
@@ -147,7 +160,11 @@ export function createKmipService(config: KmipConfig, deps: KmipDeps = {}): KekS
         ) {
           throw new DecryptionFailedError({ cause: failure('Decrypt', r, 'tampered ciphertext') });
         }
-        throw failure('Decrypt', r, `check that key ${uid} is still active and usable by this client`);
+        throw failure(
+          'Decrypt',
+          r,
+          `check that key ${uid} is still active and usable by this client`,
+        );
       }
       const out = bytesField(r.payload, TAG.DATA);
       if (out === undefined || out.length !== data.length) {
