@@ -1,5 +1,5 @@
 // The KMIP TTLV codec (src/backends/kmip/): the encoding examples published in the KMIP
-// Specification, byte for byte; our request messages checked against PyKMIP's own message classes
+// Specification and the request of KMIP test case 3.1.1, byte for byte; our request messages checked against PyKMIP's own message classes
 // (pykmip-python from scripts/setup/71-pykmip.sh, test/backends/kmip_tool.py) in both directions;
 // and hostile input: random, truncated, over-long or over-nested bytes never crash the decoder.
 
@@ -12,9 +12,11 @@ import {
   TTLV_MAX_DEPTH,
   decodeTtlv,
   encodeTtlv,
+  ttlv,
   type TtlvItem,
 } from '../../src/backends/kmip/ttlv.js';
 import {
+  OPERATION,
   TAG,
   decryptRequest,
   encryptRequest,
@@ -88,6 +90,42 @@ const SPEC_EXAMPLES: readonly { what: string; item: TtlvItem; bytes: string }[] 
   },
 ];
 
+// KMIP Use Cases / Test Cases 1.0 (OASIS), test case 3.1.1 "Create / Destroy", the client's first
+// message: Create an AES-128 Symmetric Key with usage mask Encrypt|Decrypt (0x0C), protocol 1.0.
+const TC_3_1_1_CREATE_REQUEST =
+  '42007801000001204200770100000038420069010000002042006A0200000004000000010000000042006B0200000' +
+  '004000000000000000042000D0200000004000000010000000042000F01000000D842005C05000000040000000100' +
+  '00000042007901000000C04200570500000004000000020000000042009101000000A8420008010000003042000A0' +
+  '70000001743727970746F6772617068696320416C676F726974686D0042000B050000000400000003000000004200' +
+  '08010000003042000A070000001443727970746F67726170686963204C656E6774680000000042000B02000000040' +
+  '000008000000000420008010000003042000A070000001843727970746F67726170686963205573616765204D6173' +
+  '6B42000B02000000040000000C00000000';
+
+function tc311Create(): TtlvItem {
+  const attribute = (name: string, value: TtlvItem): TtlvItem =>
+    ttlv.struct(TAG.ATTRIBUTE, [ttlv.text(TAG.ATTRIBUTE_NAME, name), value]);
+  return ttlv.struct(TAG.REQUEST_MESSAGE, [
+    ttlv.struct(TAG.REQUEST_HEADER, [
+      ttlv.struct(TAG.PROTOCOL_VERSION, [
+        ttlv.int(TAG.PROTOCOL_VERSION_MAJOR, 1),
+        ttlv.int(TAG.PROTOCOL_VERSION_MINOR, 0),
+      ]),
+      ttlv.int(TAG.BATCH_COUNT, 1),
+    ]),
+    ttlv.struct(TAG.BATCH_ITEM, [
+      ttlv.enumeration(TAG.OPERATION, OPERATION.CREATE),
+      ttlv.struct(TAG.REQUEST_PAYLOAD, [
+        ttlv.enumeration(TAG.OBJECT_TYPE, 2),
+        ttlv.struct(TAG.TEMPLATE_ATTRIBUTE, [
+          attribute('Cryptographic Algorithm', ttlv.enumeration(TAG.ATTRIBUTE_VALUE, 3)),
+          attribute('Cryptographic Length', ttlv.int(TAG.ATTRIBUTE_VALUE, 128)),
+          attribute('Cryptographic Usage Mask', ttlv.int(TAG.ATTRIBUTE_VALUE, 0x0c)),
+        ]),
+      ]),
+    ]),
+  ]);
+}
+
 function pykmip(cases: unknown[]): Promise<unknown[]> {
   const python = findTool('pykmip-python', '71-pykmip.sh');
   return new Promise((resolve, reject) => {
@@ -111,6 +149,11 @@ describe('KMIP TTLV codec', () => {
       assert.deepEqual(decodeTtlv(hex(v.bytes)), v.item);
     });
   }
+
+  it('encodes and decodes the Create request of KMIP test case 3.1.1 byte for byte', () => {
+    assert.equal(encodeTtlv(tc311Create()).toString('hex'), TC_3_1_1_CREATE_REQUEST.toLowerCase());
+    assert.deepEqual(decodeTtlv(Buffer.from(TC_3_1_1_CREATE_REQUEST, 'hex')), tc311Create());
+  });
 
   it("reads the specification's examples the way PyKMIP's primitives do", async () => {
     // (PyKMIP reads an Enumeration only into one of its enum classes, which has no value 255.)
