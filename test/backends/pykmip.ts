@@ -13,6 +13,14 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { findTool, freePort, startServer, type RunningServer } from './servers.js';
 import type { KmipConfig } from '../../src/backends/kmip/kmip.js';
+import { createKmipPool } from '../../src/backends/kmip/connection.js';
+import {
+  TAG,
+  activateRequest,
+  createAesKeyRequest,
+  parseResponse,
+  textField,
+} from '../../src/backends/kmip/messages.js';
 
 const run = promisify(execFile);
 /** test/backends/kmip_tool.py in the source tree, wherever tsc put this compiled file. */
@@ -30,6 +38,8 @@ export interface PyKmip {
   stop(): Promise<void>;
   /** Creates and activates an AES-256 key named `name` with PyKMIP's client; returns its id. */
   createKey(name: string, who?: 'client' | 'other'): Promise<string>;
+  /** The same with our own KMIP client (Create + Activate): no Python start-up, so much faster. */
+  createKeyNative(name: string): Promise<string>;
   revoke(uid: string): Promise<void>;
   locate(name: string): Promise<string[]>;
   /** Runs kmip_tool.py with PyKMIP's Python. */
@@ -108,6 +118,20 @@ export async function createPyKmip(): Promise<PyKmip> {
     },
     async createKey(name, who = 'client') {
       return (await tool(['create', '127.0.0.1', String(port), dir, name, who])).trim();
+    },
+    async createKeyNative(name) {
+      const pool = createKmipPool(await k.config(name));
+      try {
+        const signal = AbortSignal.timeout(30_000);
+        const created = parseResponse(await pool.send(createAesKeyRequest(name, 256), signal));
+        const uid = created.ok ? textField(created.payload, TAG.UNIQUE_IDENTIFIER) : undefined;
+        if (uid === undefined) throw new Error(`KMIP Create failed: ${JSON.stringify(created)}`);
+        const activated = parseResponse(await pool.send(activateRequest(uid), signal));
+        if (!activated.ok) throw new Error(`KMIP Activate failed: ${JSON.stringify(activated)}`);
+        return uid;
+      } finally {
+        pool.close();
+      }
     },
     async revoke(uid) {
       await tool(['revoke', '127.0.0.1', String(port), dir, uid]);
