@@ -314,6 +314,37 @@ describe('vault-transit backend', () => {
     });
   });
 
+  it('reports a rate-limited server (HTTP 429) as throttled, retried inside the budget, and recovers', async (t) => {
+    // A rate-limit quota on its own mount: one request per hour, then 429 Too Many Requests.
+    await provisionTransit(dev, KEY, 'aes256-gcm96', 'transit-limited');
+    const b = open({ background: false, localKEK: false }, { mount: 'transit-limited' });
+    t.after(() => b.close());
+    await dev.api('POST', 'sys/quotas/rate-limit/atrest-test', {
+      rate: 1,
+      interval: '1h',
+      path: 'transit-limited/',
+    });
+    let removed = false;
+    const remove = async () => {
+      if (!removed) await dev.api('DELETE', 'sys/quotas/rate-limit/atrest-test');
+      removed = true;
+    };
+    t.after(remove);
+    await b.refresh();
+    const before = b.remoteCalls().resolve;
+    await assert.rejects(b.refresh(), (err: unknown) => {
+      assert.ok(err instanceof BackendError, String(err));
+      assert.equal(err.kind, 'throttled');
+      assert.match(err.message, /HTTP 429/);
+      return true;
+    });
+    assert.ok(b.remoteCalls().resolve - before > 1, 'a 429 is retried');
+    assert.equal(b.health().kind, 'throttled');
+    await remove();
+    await b.refresh();
+    assert.equal(b.health().ok, true);
+  });
+
   it('sorts HTTP statuses into kinds: 403 user-induced, 429 throttled, 5xx unavailable', () => {
     assert.equal(classifyVaultStatus(403), 'user-induced');
     assert.equal(classifyVaultStatus(400), 'user-induced');
