@@ -1,7 +1,8 @@
-// Remote key backends against moto's AWS KMS server (scripts/setup/30-moto.sh): remote calls per
-// 10,000 Encrypt+Decrypt with and without the local KEK tier (and after a restart), and the plugin's
-// RPC latency over its UNIX socket with the aws-kms backend next to the local keyring, measured in the
-// same run. Writes bench/results/backends.md.
+// Remote key backends against real servers: moto's AWS KMS (scripts/setup/30-moto.sh), OpenBao's
+// Transit (70-openbao.sh) and PyKMIP's KMIP server (71-pykmip.sh): remote calls per 10,000
+// Encrypt+Decrypt with and without the local KEK tier (and after a restart), and the plugin's RPC
+// latency over its UNIX socket with each backend next to the local keyring, measured in the same
+// run. Writes bench/results/backends.md.
 //
 //   npm run bench -- backends            (or: node dist/bench/backends.bench.js [--seconds N])
 
@@ -17,8 +18,16 @@ import * as v2 from '../src/proto/kms-v2.js';
 import { createGrpcClient, type GrpcClient } from '../src/grpc/client.js';
 import { createKeyring, writeKeyringFile } from '../src/backends/keyring-file.js';
 import { createAwsKmsService } from '../src/backends/aws-kms.js';
-import { createRemoteBackend, type RemoteKeyBackend } from '../src/backends/remote.js';
+import { createVaultTransitService } from '../src/backends/vault-transit.js';
+import { createKmipService } from '../src/backends/kmip/kmip.js';
+import {
+  createRemoteBackend,
+  type KekService,
+  type RemoteKeyBackend,
+} from '../src/backends/remote.js';
 import { answersHttp, findTool, freePort, startServer } from '../test/backends/servers.js';
+import { createOpenBao, provisionTransit, transitToken } from '../test/backends/openbao.js';
+import { createPyKmip } from '../test/backends/pykmip.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const RESULTS = join(process.cwd(), 'bench', 'results', 'backends.md');
@@ -43,13 +52,21 @@ interface CountRow {
   readonly detail: string;
 }
 
+/** Names of the three remote calls, per backend, for the "of which" column. */
+interface CallNames {
+  readonly resolve: string;
+  readonly encrypt: string;
+  readonly decrypt: string;
+}
+
 async function countRemoteCalls(
-  endpoint: string,
-  keyId: string,
+  label: string,
+  names: CallNames,
+  service: () => KekService,
   tier: boolean,
 ): Promise<CountRow[]> {
   const open = (): RemoteKeyBackend =>
-    createRemoteBackend(createAwsKmsService({ keyId, endpoint }), {
+    createRemoteBackend(service(), {
       localKEK: tier ? {} : false,
       background: false,
     });
@@ -63,10 +80,10 @@ async function countRemoteCalls(
   const c = b.remoteCalls();
   const rows: CountRow[] = [
     {
-      name: tier ? 'with the local KEK tier' : 'without the local KEK tier',
+      name: `${label}, ${tier ? 'with the local KEK tier' : 'without the local KEK tier'}`,
       rpcs: PAIRS * 2,
       remoteCalls: total(b),
-      detail: `DescribeKey ${c.resolve}, Encrypt ${c.encrypt}, Decrypt ${c.decrypt}`,
+      detail: `${names.resolve} ${c.resolve}, ${names.encrypt} ${c.encrypt}, ${names.decrypt} ${c.decrypt}`,
     },
   ];
   await b.close();
@@ -75,10 +92,10 @@ async function countRemoteCalls(
     for (const w of wrapped) await restarted.unwrap({ ciphertext: w.ciphertext, keyID: w.keyID });
     const r = restarted.remoteCalls();
     rows.push({
-      name: 'with the tier, after a restart: Decrypt of the 5,000 DEKs above',
+      name: `${label}, with the tier, after a restart: Decrypt of the 5,000 DEKs above`,
       rpcs: PAIRS,
       remoteCalls: total(restarted),
-      detail: `DescribeKey ${r.resolve}, Encrypt ${r.encrypt}, Decrypt ${r.decrypt}`,
+      detail: `${names.resolve} ${r.resolve}, ${names.encrypt} ${r.encrypt}, ${names.decrypt} ${r.decrypt}`,
     });
     await restarted.close();
   }
@@ -227,6 +244,28 @@ function motoVersion(): string {
   }
 }
 
+function baoVersion(): string {
+  try {
+    const out = execFileSync(findTool('bao', '70-openbao.sh'), ['version'], { encoding: 'utf8' });
+    return out.split(' (')[0]!.trim();
+  } catch {
+    return 'OpenBao (version unknown)';
+  }
+}
+
+function pykmipVersion(): string {
+  try {
+    const v = execFileSync(
+      findTool('pykmip-python', '71-pykmip.sh'),
+      ['-c', 'import kmip; print(kmip.__version__)'],
+      { encoding: 'utf8' },
+    ).trim();
+    return `PyKMIP ${v}`;
+  } catch {
+    return 'PyKMIP (version unknown)';
+  }
+}
+
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'atrest-bench-backends-'));
   const port = await freePort();
@@ -237,44 +276,88 @@ async function main(): Promise<void> {
     () => answersHttp(`${endpoint}/moto-api/`),
   );
   const admin = new KMSClient({ endpoint, region: 'us-east-1' });
+  const bao = await createOpenBao('dev');
+  const kmip = await createPyKmip();
   const counts: CountRow[] = [];
   const latency: LatencyRow[] = [];
   try {
     const keyArn = (await admin.send(new CreateKeyCommand({ Description: 'atrest bench' })))
       .KeyMetadata!.Arn!;
-    counts.push(...(await countRemoteCalls(endpoint, keyArn, true)));
-    counts.push(...(await countRemoteCalls(endpoint, keyArn, false)));
+    await provisionTransit(bao, 'atrest-bench');
+    const baoTokenFile = join(dir, 'bao-token');
+    await writeFile(baoTokenFile, (await transitToken(bao, 'atrest-bench')) + '\n');
+    await kmip.createKey('atrest-bench');
+    const kmipConfig = await kmip.config('atrest-bench');
+
+    const aws = (): KekService => createAwsKmsService({ keyId: keyArn, endpoint });
+    const awsNames = { resolve: 'DescribeKey', encrypt: 'Encrypt', decrypt: 'Decrypt' };
+    const transit = (): KekService =>
+      createVaultTransitService({
+        address: bao.address,
+        mount: 'transit',
+        keyName: 'atrest-bench',
+        auth: { method: 'token', token: async () => bao.rootToken() },
+      });
+    const transitNames = { resolve: 'read key', encrypt: 'encrypt', decrypt: 'decrypt' };
+    const kmipService = (): KekService => createKmipService(kmipConfig);
+    const kmipNames = { resolve: 'Locate', encrypt: 'Encrypt', decrypt: 'Decrypt' };
+    for (const tier of [true, false]) {
+      counts.push(...(await countRemoteCalls('aws-kms', awsNames, aws, tier)));
+      counts.push(...(await countRemoteCalls('vault-transit', transitNames, transit, tier)));
+      counts.push(...(await countRemoteCalls('kmip', kmipNames, kmipService, tier)));
+    }
 
     const keyring = join(dir, 'keyring.json');
     await writeKeyringFile(keyring, createKeyring({ now: new Date(), random: randomBytes }), {
       exclusive: true,
       random: randomBytes,
     });
-    const config = (tier: boolean): string =>
-      [
+    const configs: Record<string, (tier: boolean) => string[]> = {
+      'aws-kms': (tier) => [
         'aws-kms:',
         `  keyId: ${keyArn}`,
         `  endpoint: ${endpoint}`,
         '  region: us-east-1',
         `  localKEK: ${tier}`,
-        '',
-      ].join('\n');
+      ],
+      'vault-transit': (tier) => [
+        'vault-transit:',
+        `  address: ${bao.address}`,
+        '  keyName: atrest-bench',
+        `  auth: { method: token, tokenFile: ${baoTokenFile} }`,
+        `  localKEK: ${tier}`,
+      ],
+      kmip: (tier) => [
+        'kmip:',
+        `  address: 127.0.0.1:${kmip.port}`,
+        '  keyName: atrest-bench',
+        `  caFile: ${join(kmip.dir, 'ca.pem')}`,
+        `  clientCertFile: ${join(kmip.dir, 'client.pem')}`,
+        `  clientKeyFile: ${join(kmip.dir, 'client-key.pem')}`,
+        `  localKEK: ${tier}`,
+      ],
+    };
+    const server: Record<string, string> = {
+      'aws-kms': 'moto',
+      'vault-transit': 'OpenBao',
+      kmip: 'PyKMIP',
+    };
     await mkdir(dir, { recursive: true });
-    await writeFile(join(dir, 'tier.yaml'), config(true));
-    await writeFile(join(dir, 'direct.yaml'), config(false));
-    const setups: [string, string[]][] = [
-      ['keyring (reference)', ['--keyring', keyring]],
-      [
-        'aws-kms, local KEK tier',
-        ['--backend', 'aws-kms', '--backend-config', join(dir, 'tier.yaml')],
-      ],
-      [
-        'aws-kms, no tier (every RPC calls moto)',
-        ['--backend', 'aws-kms', '--backend-config', join(dir, 'direct.yaml')],
-      ],
-    ];
+    const setups: [string, string[]][] = [['keyring (reference)', ['--keyring', keyring]]];
+    for (const [backend, config] of Object.entries(configs)) {
+      for (const tier of [true, false]) {
+        const file = join(dir, `${backend}-${tier ? 'tier' : 'direct'}.yaml`);
+        await writeFile(file, [...config(tier), ''].join('\n'));
+        setups.push([
+          tier
+            ? `${backend}, local KEK tier`
+            : `${backend}, no tier (every RPC calls ${server[backend]})`,
+          ['--backend', backend, '--backend-config', file],
+        ]);
+      }
+    }
     for (const [name, args] of setups) {
-      const plugin = await servePlugin(dir, name.split(' ')[0]! + latency.length, args);
+      const plugin = await servePlugin(dir, name.split(/[ ,]/)[0]! + latency.length, args);
       try {
         for (const concurrency of [1, 64])
           latency.push({ name, ...(await drive(plugin.client, concurrency, SECONDS)) });
@@ -285,16 +368,20 @@ async function main(): Promise<void> {
   } finally {
     admin.destroy();
     await moto.stop();
+    await bao.close();
+    await kmip.close();
     await rm(dir, { recursive: true, force: true });
   }
 
   const cpu = cpus()[0]?.model ?? 'unknown CPU';
   const f = (n: number, d = 2): string => n.toFixed(d);
   const md = [
-    '## Remote key backends (AWS KMS via moto)',
+    '## Remote key backends (AWS KMS via moto, Vault Transit via OpenBao, KMIP via PyKMIP)',
     '',
     '`npm run bench -- backends` (bench/backends.bench.ts). Machine: ' +
-      `${cpus().length} × ${cpu}, Node ${process.version}; AWS KMS emulator: ${motoVersion()} on 127.0.0.1.`,
+      `${cpus().length} × ${cpu}, Node ${process.version}; key managers on 127.0.0.1: AWS KMS ` +
+      `emulator ${motoVersion()}, ${baoVersion()} (dev server, in memory), ${pykmipVersion()} ` +
+      '(TLS 1.2 with client certificates, SQLite).',
     '',
     `### Remote calls per ${PAIRS * 2} RPCs (${PAIRS} Encrypt + ${PAIRS} Decrypt, in-process backend)`,
     '',
@@ -302,8 +389,9 @@ async function main(): Promise<void> {
     '|---|---:|---:|---|',
     ...counts.map((r) => `| ${r.name} | ${r.rpcs} | ${r.remoteCalls} | ${r.detail} |`),
     '',
-    'Every attempt of every remote call is counted (DescribeKey is the key-id refresh; the background',
-    'refresh is off here so the count is exact — in `serve` it adds one DescribeKey per refresh interval).',
+    'Every attempt of every remote call is counted (DescribeKey / read key / Locate is the key-id',
+    'refresh; the background refresh is off here so the count is exact — in `serve` it adds one such',
+    'call per refresh interval).',
     '',
     `### v2 Encrypt/Decrypt latency through \`atrest serve\` (${SECONDS} s per row, one HTTP/2 connection)`,
     '',
@@ -314,8 +402,10 @@ async function main(): Promise<void> {
         `| ${r.name} | ${r.concurrency} | ${r.rpcs} | ${f(r.rpcPerSec, 0)} | ${f(r.p50ms, 3)} | ${f(r.p99ms, 3)} | ${r.failed} |`,
     ),
     '',
-    'moto runs on the same machine, so the no-tier rows measure a local HTTP round trip to a Python',
-    'server, not AWS latency; against real AWS KMS each such call adds a network round trip.',
+    'The key managers run on the same machine, so the no-tier rows measure a local round trip to',
+    'moto (Python, HTTP), OpenBao (Go, HTTP) or PyKMIP (Python, TLS, one request per connection at a',
+    'time, 4 connections), not a production key manager; against a remote one each such call adds a',
+    'network round trip.',
     '',
   ].join('\n');
   await writeFile(RESULTS, md);

@@ -12,7 +12,7 @@
 #   .build/image/info.json                   reference, archive paths, sizes, inputs hash
 # Cached under ~/.cache/atrest/image/HASH, HASH being a hash of every input (this script, src/,
 # package.json, package-lock.json, tsconfig*.json, the Debian suite): a rerun with the same inputs
-# only relinks the archives. Needs root (mmdebstrap, buildah) and scripts/setup/70-container-tools.sh.
+# only relinks the archives. Needs root (mmdebstrap, buildah) and scripts/setup/80-container-tools.sh.
 #
 # The image runs as uid/gid 65532 unless told otherwise, writes nothing to its root filesystem
 # (read-only friendly: the socket directory and /tmp are volumes) and needs no capability.
@@ -29,7 +29,7 @@ log() { echo "build-image: $*" >&2; }
 
 for tool in mmdebstrap buildah skopeo; do
   if ! command -v "$tool" >/dev/null 2>&1; then
-    log "$tool is missing: run scripts/setup/70-container-tools.sh first"
+    log "$tool is missing: run scripts/setup/80-container-tools.sh first"
     exit 1
   fi
 done

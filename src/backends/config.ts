@@ -13,12 +13,21 @@
 //     region: eu-west-1
 //     encryptionContext: { cluster: prod }
 //     localKEK: { maxUses: 100000, maxAge: 1h }
+//   vault-transit:
+//     address: https://bao.example:8200
+//     keyName: atrest
+//     auth: { method: token, tokenFile: /etc/atrest/bao-token }
+//   kmip:
+//     address: kmip.example:5696
+//     keyName: atrest-kek
+//     clientCertFile: /etc/atrest/kmip.pem
+//     clientKeyFile: /etc/atrest/kmip-key.pem
 
 import { parse as parseYaml } from 'yaml';
 import { ConfigInvalidError, type ConfigProblem } from '../errors.js';
 import type { LocalKekOptions } from './local-kek.js';
 
-export const REMOTE_BACKENDS = ['pkcs11', 'aws-kms'] as const;
+export const REMOTE_BACKENDS = ['pkcs11', 'aws-kms', 'vault-transit', 'kmip'] as const;
 export type RemoteBackendName = (typeof REMOTE_BACKENDS)[number];
 
 /** Where a secret lives: a file (trailing newline dropped) or an environment variable. */
@@ -48,7 +57,43 @@ export interface AwsKmsSection extends CommonConfig {
   readonly encryptionContext?: Readonly<Record<string, string>>;
 }
 
-export type BackendSection = Pkcs11Section | AwsKmsSection;
+/** TLS files (paths; read at start). */
+export interface TlsFiles {
+  readonly caFile?: string;
+  readonly clientCertFile?: string;
+  readonly clientKeyFile?: string;
+  readonly serverName?: string;
+}
+
+export type VaultAuthSection =
+  | { readonly method: 'token'; readonly token: SecretRef }
+  | {
+      readonly method: 'approle';
+      readonly mount: string;
+      readonly roleId: SecretRef;
+      readonly secretId: SecretRef;
+    }
+  | { readonly method: 'cert'; readonly mount: string; readonly role?: string };
+
+export interface VaultTransitSection extends CommonConfig, TlsFiles {
+  readonly backend: 'vault-transit';
+  readonly address: string;
+  readonly mount: string;
+  readonly keyName: string;
+  readonly namespace?: string;
+  readonly auth: VaultAuthSection;
+}
+
+export interface KmipSection extends CommonConfig, TlsFiles {
+  readonly backend: 'kmip';
+  /** host:port */
+  readonly address: string;
+  readonly keyName: string;
+  readonly clientCertFile: string;
+  readonly clientKeyFile: string;
+}
+
+export type BackendSection = Pkcs11Section | AwsKmsSection | VaultTransitSection | KmipSection;
 
 const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/;
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
@@ -277,10 +322,146 @@ export function parseBackendConfig(text: string, source: string, backend: string
       ? parsePkcs11(r)
       : backend === 'aws-kms'
         ? parseAwsKms(r, section)
-        : undefined;
+        : backend === 'vault-transit'
+          ? parseVaultTransit(r, section)
+          : backend === 'kmip'
+            ? parseKmip(r)
+            : undefined;
   problems.push(...r.problems);
   if (parsed === undefined || problems.length > 0) throw new ConfigInvalidError(source, problems);
   return parsed;
+}
+
+const TLS_FIELDS = ['caFile', 'clientCertFile', 'clientKeyFile', 'serverName'];
+
+function tlsFiles(r: Reader): TlsFiles {
+  const caFile = r.string('caFile');
+  const clientCertFile = r.string('clientCertFile');
+  const clientKeyFile = r.string('clientKeyFile');
+  const serverName = r.string('serverName');
+  if ((clientCertFile === undefined) !== (clientKeyFile === undefined)) {
+    r.problem(
+      clientCertFile === undefined ? 'clientCertFile' : 'clientKeyFile',
+      'clientCertFile and clientKeyFile go together',
+    );
+  }
+  return {
+    ...(caFile !== undefined ? { caFile } : {}),
+    ...(clientCertFile !== undefined ? { clientCertFile } : {}),
+    ...(clientKeyFile !== undefined ? { clientKeyFile } : {}),
+    ...(serverName !== undefined ? { serverName } : {}),
+  };
+}
+
+const VAULT_AUTH_FIELDS: Record<string, readonly string[]> = {
+  token: ['method', 'token', 'tokenFile', 'tokenEnv'],
+  approle: [
+    'method',
+    'mount',
+    'roleId',
+    'roleIdFile',
+    'roleIdEnv',
+    'secretId',
+    'secretIdFile',
+    'secretIdEnv',
+  ],
+  cert: ['method', 'mount', 'role'],
+};
+
+function parseVaultAuth(
+  r: Reader,
+  raw: unknown,
+  at: string,
+  tls: TlsFiles,
+): VaultAuthSection | undefined {
+  if (!isRecord(raw)) {
+    r.problem('auth', 'is required: {method: token | approle | cert, ...}');
+    return undefined;
+  }
+  const a = new Reader(raw, `${at}.auth`);
+  const method = a.string('method', true);
+  let out: VaultAuthSection | undefined;
+  if (method === 'token') {
+    const token = a.secret('token', 'token');
+    if (token !== undefined) out = { method, token };
+  } else if (method === 'approle') {
+    const roleId = a.secret('roleId', 'role id');
+    const secretId = a.secret('secretId', 'secret id');
+    const mount = a.string('mount') ?? 'approle';
+    if (roleId !== undefined && secretId !== undefined) out = { method, mount, roleId, secretId };
+  } else if (method === 'cert') {
+    const mount = a.string('mount') ?? 'cert';
+    const role = a.string('role');
+    if (tls.clientCertFile === undefined) {
+      a.problem('method', 'cert auth needs clientCertFile and clientKeyFile in the section');
+    } else out = { method, mount, ...(role !== undefined ? { role } : {}) };
+  } else if (method !== undefined) {
+    a.problem('method', 'must be token, approle or cert');
+  }
+  if (method !== undefined && VAULT_AUTH_FIELDS[method] !== undefined) {
+    a.unknown(VAULT_AUTH_FIELDS[method]!);
+  }
+  r.problems.push(...a.problems);
+  return out;
+}
+
+function parseVaultTransit(
+  r: Reader,
+  section: Record<string, unknown>,
+): VaultTransitSection | undefined {
+  const address = r.string('address', true);
+  if (address !== undefined && !/^https?:\/\/[^/]+\/?$/.test(address)) {
+    r.problem('address', 'must be an http(s) URL with no path, such as https://vault.example:8200');
+  }
+  const mount = r.string('mount') ?? 'transit';
+  const keyName = r.string('keyName', true);
+  const namespace = r.string('namespace');
+  const tls = tlsFiles(r);
+  const auth = parseVaultAuth(r, section['auth'], 'vault-transit', tls);
+  const common = r.common(true);
+  r.unknown(['address', 'mount', 'keyName', 'namespace', 'auth', ...TLS_FIELDS, ...COMMON_FIELDS]);
+  if (address === undefined || keyName === undefined || auth === undefined) return undefined;
+  return {
+    backend: 'vault-transit',
+    address,
+    mount,
+    keyName,
+    ...(namespace !== undefined ? { namespace } : {}),
+    ...tls,
+    auth,
+    ...common,
+  };
+}
+
+function parseKmip(r: Reader): KmipSection | undefined {
+  const address = r.string('address', true);
+  if (address !== undefined && !/^[^:/\s]+:\d{1,5}$/.test(address)) {
+    r.problem('address', 'must be host:port, such as kmip.example:5696');
+  }
+  const keyName = r.string('keyName', true);
+  const tls = tlsFiles(r);
+  if (tls.clientCertFile === undefined && tls.clientKeyFile === undefined) {
+    r.problem('clientCertFile', 'is required: KMIP servers authenticate clients by certificate');
+  }
+  const common = r.common(true);
+  r.unknown(['address', 'keyName', ...TLS_FIELDS, ...COMMON_FIELDS]);
+  if (
+    address === undefined ||
+    keyName === undefined ||
+    tls.clientCertFile === undefined ||
+    tls.clientKeyFile === undefined
+  ) {
+    return undefined;
+  }
+  return {
+    backend: 'kmip',
+    address,
+    keyName,
+    ...tls,
+    clientCertFile: tls.clientCertFile,
+    clientKeyFile: tls.clientKeyFile,
+    ...common,
+  };
 }
 
 /** Reads a secret; the file or variable is named in errors, the value never. */

@@ -50,6 +50,8 @@ export const BACKENDS: Readonly<Record<string, BackendFactory>> = {
     createKeyringBackend({ path: requireString(flags, 'keyring', '--keyring FILE', 'keyring') }),
   pkcs11: (context) => remoteBackend('pkcs11', context),
   'aws-kms': (context) => remoteBackend('aws-kms', context),
+  'vault-transit': (context) => remoteBackend('vault-transit', context),
+  kmip: (context) => remoteBackend('kmip', context),
 };
 
 export function addBackendOptions(command: Command): Command {
@@ -62,7 +64,7 @@ export function addBackendOptions(command: Command): Command {
     .option('--keyring <file>', 'keyring file (keyring backend); create it with "atrest keys init"')
     .option(
       '--backend-config <file>',
-      'YAML file with one section per remote backend (pkcs11, aws-kms); secrets come from files or env',
+      'YAML file with one section per remote backend (pkcs11, aws-kms, vault-transit, kmip); secrets come from files or env',
     );
 }
 

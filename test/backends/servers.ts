@@ -51,8 +51,24 @@ export async function startServer(
   args: readonly string[],
   ready: () => Promise<boolean>,
   env: NodeJS.ProcessEnv = process.env,
+  options: { readonly processGroup?: boolean; readonly stopSignal?: NodeJS.Signals } = {},
 ): Promise<RunningServer> {
-  const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // processGroup: the server forks helpers (PyKMIP's multiprocessing manager) that would outlive it
+  // and hold our pipes open; it then runs in its own group, and stop() signals the whole group.
+  const group = options.processGroup === true;
+  const child = spawn(command, args, {
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: group,
+  });
+  const signal = (sig: NodeJS.Signals): void => {
+    try {
+      if (group && child.pid !== undefined) process.kill(-child.pid, sig);
+      else child.kill(sig);
+    } catch {
+      // already gone
+    }
+  };
   let out = '';
   const keep = (chunk: Buffer): void => {
     out = (out + chunk.toString('utf8')).slice(-4000);
@@ -70,11 +86,14 @@ export async function startServer(
     process: child,
     output: () => out,
     async stop() {
-      if (exited) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exit;
-      clearTimeout(timer);
+      if (!exited) {
+        signal(options.stopSignal ?? 'SIGTERM');
+        const timer = setTimeout(() => signal('SIGKILL'), 5000);
+        await exit;
+        clearTimeout(timer);
+      }
+      // Helpers left in the group go too.
+      if (group) signal('SIGKILL');
     },
   };
   const deadline = Date.now() + 60_000;

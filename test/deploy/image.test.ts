@@ -2,7 +2,7 @@
 // it: podman with runc, read-only root, every capability dropped, host network, the manifest's
 // mounts, command and args. A KMS v1 and v2 round trip through the socket it creates, a key
 // rotation that a SIGHUP really brings into service, and a clean SIGTERM. Needs root, podman and
-// the image tooling (scripts/setup/70-container-tools.sh); the image is built here if the cache
+// the image tooling (scripts/setup/80-container-tools.sh); the image is built here if the cache
 // does not hold it yet.
 
 import { before, test } from 'node:test';

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# setup-lane: download
 # Provides the container tooling the image build and the image test use, all from Debian:
 # mmdebstrap (root filesystem from Debian packages), buildah (image from scratch), skopeo (OCI and
 # docker archives), podman + runc (run the image as the static Pod would), uidmap and fuse-overlayfs
@@ -26,7 +27,7 @@ done
 # mmdebstrap verifies the trixie Release file with the keys in debian-archive-keyring.
 [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
 if ((${#missing[@]} > 0)); then
-  echo "70-container-tools: installing ${missing[*]}"
+  echo "80-container-tools: installing ${missing[*]}"
   if ! apt-get install "${apt_opts[@]}" "${missing[@]}"; then
     apt-get update
     apt-get install "${apt_opts[@]}" "${missing[@]}"
@@ -44,6 +45,6 @@ if [[ ! -x "$bin/promtool" ]]; then
   dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
   install -m 0755 "$tmp/x/usr/bin/promtool" "$bin/promtool"
 fi
-echo "70-container-tools: $(buildah --version), $(podman --version), $(skopeo --version), $("$bin/promtool" --version 2>&1 | head -1)"
+echo "80-container-tools: $(buildah --version), $(podman --version), $(skopeo --version), $("$bin/promtool" --version 2>&1 | head -1)"
 
 bash "$root/scripts/build-image.sh" >/dev/null
