@@ -4,7 +4,7 @@
 // scenario against a real kube-apiserver. Exits non-zero if any step fails; never skips a suite.
 //
 //   node scripts/test.mjs                 everything
-//   node scripts/test.mjs --only e2e      setup + build + one suite (unit | conformance | e2e)
+//   node scripts/test.mjs --only e2e      setup + build + one suite (unit | conformance | e2e | e2e-1.28)
 
 import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -20,6 +20,8 @@ const SUITES = {
   unit: ['node', ['--test', '--test-reporter=spec', 'dist/test/']],
   conformance: ['bash', ['conformance/run.sh']],
   e2e: ['bash', ['e2e/run.sh']],
+  // the same scenario against the oldest API server line tested (KMS v2 Status "v2beta1" only)
+  'e2e-1.28': ['env', ['ATREST_E2E_KUBE_APISERVER=kube-apiserver-v1.28.15', 'bash', 'e2e/run.sh']],
 };
 
 const onlyIndex = process.argv.indexOf('--only');
