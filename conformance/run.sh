@@ -2,6 +2,8 @@
 # The conformance suite of `npm test`: runs every Go harness module's tests against the plugin.
 #   apiserver-v0.37  KMS clients, transformers and health probes of k8s.io/apiserver v0.37.2
 #   apiserver-v0.30  the same scenarios with k8s.io/apiserver v0.30.14 (different :authority on the wire)
+#   apiserver-v0.28  the same scenarios with k8s.io/apiserver v0.28.15 (kube-apiserver 1.27/1.28: Status
+#                    version must be exactly "v2beta1"; raw socket path as :authority)
 #   oldclient        a v1beta1 client on google.golang.org/grpc v1.27.1 (raw socket path as :authority)
 # The plugin defaults to `node dist/src/cli/main.js` (built by `npx tsc -p .`); set ATREST_CMD to test
 # another build or the reference plugin. Extra arguments go to `go test` (e.g. -run TestKeyRotation).
@@ -23,7 +25,7 @@ export ATREST_CMD
 export GOFLAGS="${GOFLAGS:--mod=readonly}"
 
 failed=()
-for m in apiserver-v0.37 apiserver-v0.30 oldclient; do
+for m in apiserver-v0.37 apiserver-v0.30 apiserver-v0.28 oldclient; do
   echo "--- conformance/$m (plugin: $ATREST_CMD)"
   if ! (cd "$root/conformance/$m" && go test -count=1 -timeout 10m -v "$@" ./...); then
     failed+=("$m")

@@ -5,7 +5,10 @@
 
 : "${E2E_ROOT:?}" "${W:?}"
 BIN="${ATREST_CACHE_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/atrest/bin}"
-KUBE_APISERVER="$BIN/kube-apiserver"
+# ATREST_E2E_KUBE_APISERVER: another kube-apiserver binary (a path, or a file name in $BIN, e.g.
+# kube-apiserver-v1.28.15 from scripts/setup/60-kube-apiserver.sh); kubectl stays the one in $BIN.
+KUBE_APISERVER="${ATREST_E2E_KUBE_APISERVER:-kube-apiserver}"
+[[ "$KUBE_APISERVER" == */* ]] || KUBE_APISERVER="$BIN/$KUBE_APISERVER"
 KUBECTL_BIN="$BIN/kubectl"
 ETCD="$BIN/etcd"
 ETCDCTL_BIN="$BIN/etcdctl"
@@ -230,9 +233,35 @@ restart_apiserver() {
   start_apiserver "$@"
 }
 
+# apiserver_status_key_hash provider: the key_id_hash ("sha256:<hex>") of the newest KMS v2 Status answer
+# the running API server accepted for that provider, from its own metrics (1.27+ expose
+# apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds); empty if none yet.
+apiserver_status_key_hash() {
+  kubectl get --raw /metrics 2>/dev/null | awk -v p="provider_name=\"$1\"" '
+    /^apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds[{]/ && index($0, p) {
+      if (match($0, /key_id_hash="[^"]*"/) && (best == "" || $NF + 0 >= when)) {
+        best = substr($0, RSTART + 13, RLENGTH - 14); when = $NF + 0
+      }
+    }
+    END { print best }'
+}
+key_id_hash() { printf 'sha256:%s\n' "$(printf '%s' "$1" | sha256sum | cut -d' ' -f1)"; }
+# wait_for_apiserver_key_id provider keyID: until the API server reports it uses that key id
+wait_for_apiserver_key_id() {
+  local want got='' deadline=$(( SECONDS + 90 ))
+  want=$(key_id_hash "$2")
+  until [[ "$got" == "$want" ]]; do
+    (( SECONDS < deadline )) || fail "kube-apiserver does not report key id $2 ($want) for provider $1 after 90s (last: '${got:-none}')"
+    sleep 0.5
+    got=$(apiserver_status_key_hash "$1")
+  done
+  say "ok: kube-apiserver reports KMS v2 key id $2 for provider $1 (metrics: key_id_hash $want)"
+}
+
 # ------------------------------------------------------------------------------------------- etcd views
 
-# stored_states [prefix]: "<key> <prefix|plaintext> <keyID|->" per Secret in etcd
+# stored_states [prefix]: "<key> <prefix|plaintext> <keyID|-> <seed|key|->" per Secret in etcd (the last
+# column: the kms v2 DEK source type, "key" being what 1.27/1.28 API servers write by default)
 stored_states() {
   etcdctl get --prefix "${1:-/registry/secrets/}" -w json | "${INSPECT[@]}" stored
 }

@@ -7,7 +7,7 @@
 // TypeScript build; a cold run waits for the longer lane instead of the sum.
 //
 //   node scripts/test.mjs                 everything
-//   node scripts/test.mjs --only e2e      setup + build + one suite (unit | conformance | e2e)
+//   node scripts/test.mjs --only e2e      setup + build + one suite (unit | conformance | e2e | e2e-1.28 | ha)
 //   node scripts/test.mjs --only setup    setup + build, no suite
 
 import { spawn, spawnSync } from 'node:child_process';
@@ -24,6 +24,8 @@ const SUITES = {
   unit: ['node', ['--test', '--test-reporter=spec', 'dist/test/']],
   conformance: ['bash', ['conformance/run.sh']],
   e2e: ['bash', ['e2e/run.sh']],
+  // the same scenario against the oldest API server line tested (KMS v2 Status "v2beta1" only)
+  'e2e-1.28': ['env', ['ATREST_E2E_KUBE_APISERVER=kube-apiserver-v1.28.15', 'bash', 'e2e/run.sh']],
   // two kube-apiservers on one etcd: runbooks 2 and 3 and the KMS key rotation of docs/operations.md
   ha: ['node', ['--test', '--test-reporter=spec', 'dist/e2e/ha/ha.test.js']],
 };

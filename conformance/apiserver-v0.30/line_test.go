@@ -3,9 +3,12 @@
 package conformance
 
 import (
+	"context"
 	"net/url"
 
 	"github.com/gogo/protobuf/proto"
+	"k8s.io/apiserver/pkg/server/options/encryptionconfig"
+	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2"
 	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 	kmsservice "k8s.io/kms/pkg/service"
 )
@@ -16,6 +19,15 @@ const apiserverLine = "v0.30.14"
 // path and percent-encodes it.
 func expectedAuthority(_, socket string) string {
 	return url.PathEscape(socket)
+}
+
+// The Status versions this line's KMS v2 health probe accepts.
+var acceptedStatusVersions = []string{kmsv2.KMSAPIVersionv2, kmsv2.KMSAPIVersionv2beta1}
+
+// loadEncryptionConfig calls encryptionconfig.LoadEncryptionConfig as kube-apiserver does (no automatic
+// reload; this line also takes the API server id).
+func loadEncryptionConfig(ctx context.Context, path, apiServerID string) (*encryptionconfig.EncryptionConfiguration, error) {
+	return encryptionconfig.LoadEncryptionConfig(ctx, path, false, apiServerID)
 }
 
 type encryptedObject struct {

@@ -94,7 +94,7 @@ resources:
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	t.Cleanup(cancel)
-	cfg, err := encryptionconfig.LoadEncryptionConfig(ctx, path, false, "conformance-"+tag)
+	cfg, err := loadEncryptionConfig(ctx, path, "conformance-"+tag)
 	if err != nil {
 		t.Fatalf("LoadEncryptionConfig: %v", err)
 	}
@@ -235,8 +235,8 @@ func TestV2Service(t *testing.T) {
 		if st.Healthz != "ok" {
 			t.Errorf("healthz = %q, want ok", st.Healthz)
 		}
-		if st.Version != kmsv2.KMSAPIVersionv2 && st.Version != kmsv2.KMSAPIVersionv2beta1 {
-			t.Errorf("version = %q, want v2 or v2beta1", st.Version)
+		if !statusVersionAccepted(st.Version) {
+			t.Errorf("version = %q, want one of %q (what this line's health probe accepts)", st.Version, acceptedStatusVersions)
 		}
 		if _, err := kmsv2.ValidateKeyID(st.KeyID); err != nil {
 			t.Errorf("key_id rejected: %v", err)
@@ -267,6 +267,44 @@ func TestV2Service(t *testing.T) {
 			t.Fatal("Decrypt returned different bytes")
 		}
 	})
+}
+
+func statusVersionAccepted(v string) bool {
+	for _, a := range acceptedStatusVersions {
+		if v == a {
+			return true
+		}
+	}
+	return false
+}
+
+// TestStatusVersionFlag starts the plugin with each --status-version and runs this line's KMS health
+// probes on it: a version the line accepts passes, any other fails on the version check (1.27/1.28
+// accept only "v2beta1", the plugin's default; 1.29+ accept both).
+func TestStatusVersionFlag(t *testing.T) {
+	t.Parallel()
+	for _, version := range []string{"v2beta1", "v2"} {
+		version := version
+		t.Run("--status-version "+version, func(t *testing.T) {
+			t.Parallel()
+			p := harness.New(t)
+			p.ServeArgs = []string{"--status-version", version}
+			p.Start()
+			if got := status(t, newV2Service(t, p)).Version; got != version {
+				t.Fatalf("Status version = %q, want %q", got, version)
+			}
+			api := loadAPIServer(t, p, "a")
+			err := api.healthChecks()
+			switch {
+			case statusVersionAccepted(version) && err != nil:
+				t.Fatalf("k8s.io/apiserver %s refuses Status version %q: %v", apiserverLine, version, err)
+			case !statusVersionAccepted(version) && (err == nil || !strings.Contains(err.Error(), "expected KMSv2 API version")):
+				t.Fatalf("k8s.io/apiserver %s health probe with Status version %q: got %v, want it refused on the version", apiserverLine, version, err)
+			case err != nil:
+				t.Logf("refused as expected: %v", err)
+			}
+		})
+	}
 }
 
 func TestEncryptionConfigTransformers(t *testing.T) {

@@ -39,6 +39,8 @@ type Plugin struct {
 	Dir     string
 	Keyring string
 	Socket  string
+	// ServeArgs are extra flags for the next Start's `serve` (e.g. --status-version v2).
+	ServeArgs []string
 
 	mu   sync.Mutex
 	proc *exec.Cmd
@@ -116,6 +118,7 @@ func (p *Plugin) Start() {
 	}
 	args := append(append([]string{}, p.argv[1:]...),
 		"serve", "--listen", p.Endpoint(), "--keyring", p.Keyring, "--health-listen", "off", "--log-level", "warn")
+	args = append(args, p.ServeArgs...)
 	cmd := exec.Command(p.argv[0], args...)
 	if p.logs == nil {
 		p.logs = &lockedBuffer{}

@@ -7,6 +7,7 @@
 //	refplugin keys init   --keyring FILE
 //	refplugin keys rotate --keyring FILE
 //	refplugin serve --listen unix:///PATH --keyring FILE [--health-listen off] [--log-level LEVEL]
+//	                [--status-version v2beta1|v2]
 //
 // serve answers v2.KeyManagementService (through the upstream adapter) and v1beta1.KeyManagementService
 // on one socket; SIGHUP reloads the keyring; SIGTERM stops, removes the socket and exits 0.
@@ -80,10 +81,14 @@ func run(args []string) error {
 		path := fs.String("keyring", "", "keyring file (omit for one random in-memory key)")
 		_ = fs.String("health-listen", "off", "accepted for CLI compatibility; ignored")
 		_ = fs.String("log-level", "warn", "accepted for CLI compatibility; ignored")
+		version := fs.String("status-version", "v2beta1", "version v2 Status answers (v2beta1 or v2)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		return serve(*listen, *path)
+		if *version != "v2beta1" && *version != "v2" {
+			return fmt.Errorf("--status-version must be v2beta1 or v2, got %q", *version)
+		}
+		return serve(*listen, *path, *version)
 	}
 	return errors.New("usage: refplugin keys init|rotate --keyring FILE | serve --listen unix:///PATH [--keyring FILE]")
 }
@@ -165,7 +170,8 @@ func loadKeys(path string) (*keys, error) {
 }
 
 type plugin struct {
-	keys atomic.Pointer[keys]
+	keys          atomic.Pointer[keys]
+	statusVersion string
 }
 
 // seal returns nonce || ciphertext || tag with the key id as AAD.
@@ -212,7 +218,7 @@ func (s v2) Decrypt(_ context.Context, uid string, req *service.DecryptRequest) 
 }
 
 func (s v2) Status(_ context.Context) (*service.StatusResponse, error) {
-	return &service.StatusResponse{Version: "v2", Healthz: "ok", KeyID: s.p.keys.Load().active}, nil
+	return &service.StatusResponse{Version: s.p.statusVersion, Healthz: "ok", KeyID: s.p.keys.Load().active}, nil
 }
 
 // v1beta1 has no key id field: ciphertext = [len(keyID) 1][keyID][nonce 12][ct][tag 16].
@@ -246,7 +252,7 @@ func (s *v1) Decrypt(_ context.Context, req *kmsv1beta1.DecryptRequest) (*kmsv1b
 	return &kmsv1beta1.DecryptResponse{Plain: plain}, nil
 }
 
-func serve(listen, keyringPath string) error {
+func serve(listen, keyringPath, statusVersion string) error {
 	u, err := url.Parse(listen)
 	if err != nil || u.Scheme != "unix" || u.Path == "" {
 		return fmt.Errorf("--listen must be unix:///path, got %q", listen)
@@ -255,7 +261,7 @@ func serve(listen, keyringPath string) error {
 	if strings.HasPrefix(addr, "/@") {
 		addr = addr[1:]
 	}
-	p := &plugin{}
+	p := &plugin{statusVersion: statusVersion}
 	k, err := loadKeys(keyringPath)
 	if err != nil {
 		return err

@@ -2,12 +2,15 @@
 # Regenerates e2e/build/go.mod for another Kubernetes release: k8s.io/kubernetes' own go.mod pins every
 # dependency but replaces its staging modules (k8s.io/api, k8s.io/apiserver, ...) with ./staging/src/...
 # directories that the module zip cannot resolve; here each of them points at its published v0.<minor>.<patch>.
-#   e2e/build/gen-go-mod.sh v1.37.2     (then run scripts/setup/60-kube-apiserver.sh; it refreshes go.sum)
+#   e2e/build/gen-go-mod.sh v1.37.2            writes e2e/build/go.mod (the release e2e/run.sh uses by default)
+#   e2e/build/gen-go-mod.sh v1.28.15 v1.28.15   writes e2e/build/v1.28.15/go.mod (an extra release)
+# then run scripts/setup/60-kube-apiserver.sh; it refreshes go.sum.
 set -euo pipefail
 
-version="${1:?usage: gen-go-mod.sh v1.MINOR.PATCH}"
+version="${1:?usage: gen-go-mod.sh v1.MINOR.PATCH [subdir]}"
 staging="v0.${version#v1.}"
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)${2:+/$2}"
+mkdir -p "$here"
 
 upstream="$(GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')"
 [[ -f "$upstream" ]] || { echo "gen-go-mod.sh: go.mod of k8s.io/kubernetes@$version not found" >&2; exit 1; }

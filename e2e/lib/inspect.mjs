@@ -3,6 +3,7 @@
 //   inspect.mjs status unix:///PATH         KMS v2 Status over the plugin socket -> {"version","healthz","key_id"}
 //   etcdctl get --prefix K -w json | inspect.mjs stored
 //                                          one line per key: <key> <prefix or "plaintext"> <kms v2 keyID or "-">
+//                                          <kms v2 DEK source: "seed" (1.29+ writes), "key" (1.27/1.28 default) or "-">
 // Decodes only envelopes and prefixes (codecs from the compiled tree in $ATREST_E2E_DIST); prints no values.
 
 import * as http2 from 'node:http2';
@@ -62,16 +63,22 @@ async function stored() {
     const value = Buffer.from(kv.value ?? '', 'base64');
     let prefix = 'plaintext';
     let keyID = '-';
+    let source = '-';
     if (value.subarray(0, 8).toString('latin1') === 'k8s:enc:') {
       // k8s:enc:<type>:<version>:<name>: — five colons
       let at = -1;
       for (let i = 0; i < 5 && (at = value.indexOf(0x3a, at + 1)) >= 0; i++);
       prefix = at < 0 ? 'malformed' : value.subarray(0, at + 1).toString('latin1');
-      if (prefix.startsWith('k8s:enc:kms:v2:')) keyID = EncryptedObject.decode(value.subarray(at + 1)).keyID;
+      if (prefix.startsWith('k8s:enc:kms:v2:')) {
+        const obj = EncryptedObject.decode(value.subarray(at + 1));
+        keyID = obj.keyID;
+        // EncryptedDEKSourceType: 1 HKDF_SHA256_XNONCE_AES_GCM_SEED, 0 AES_GCM_KEY (field absent)
+        source = obj.encryptedDEKSourceType === 1 ? 'seed' : 'key';
+      }
     } else if (value.subarray(0, 4).toString('latin1') !== 'k8s\u0000' && value[0] !== 0x7b) {
       prefix = 'unknown';
     }
-    process.stdout.write(`${key} ${prefix} ${keyID}\n`);
+    process.stdout.write(`${key} ${prefix} ${keyID} ${source}\n`);
   }
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares the Go conformance harness (conformance/, run by conformance/run.sh): downloads the modules of
-# every harness module (k8s.io/apiserver v0.37 and v0.30 lines, the grpc-go v1.27 old client) so the test
+# every harness module (k8s.io/apiserver v0.37, v0.30 and v0.28 lines, the grpc-go v1.27 old client) so the test
 # step is not network-bound, precompiles their tests into Go's build cache, and builds the reference Go
 # plugin and the load generator of the benchmark into $ATREST_CACHE_BIN (keyed by source hash).
 # Idempotent: with caches warm a rerun takes a few seconds. Needs Go >= 1.21 (newer toolchains named in
@@ -35,11 +35,11 @@ echo "50-go-conformance: $(go version)"
 stamp="$bin/atrest-conformance-prepared.hash"
 hash="$( { go version; cd "$root/conformance" && find . -name 'go.mod' -o -name 'go.sum' -o -name '*.go' | sort | xargs cat; } | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
-  for m in harness apiserver-v0.37 apiserver-v0.30 oldclient refplugin; do
+  for m in harness apiserver-v0.37 apiserver-v0.30 apiserver-v0.28 oldclient refplugin; do
     (cd "$root/conformance/$m" && GOFLAGS=-mod=readonly go mod download)
   done
   # Compile (not run) every test package so `npm test` only links and runs them.
-  for m in apiserver-v0.37 apiserver-v0.30 oldclient; do
+  for m in apiserver-v0.37 apiserver-v0.30 apiserver-v0.28 oldclient; do
     (cd "$root/conformance/$m" && GOFLAGS=-mod=readonly go test -count=1 -run '^$' ./... >/dev/null)
   done
   echo "$hash" >"$stamp"

@@ -13,6 +13,11 @@ import { startKmsServer, type KmsServer } from '../kms/server.js';
 import { parseSocketMode, resolveGroup, DEFAULT_SOCKET_MODE } from '../kms/socket.js';
 import { createPluginMetrics } from '../health/plugin-metrics.js';
 import {
+  DEFAULT_V2_STATUS_VERSION,
+  V2_STATUS_VERSIONS,
+  type V2StatusVersion,
+} from '../proto/kms-v2.js';
+import {
   DEFAULT_HEALTH_LISTEN,
   parseHealthListen,
   startHealthServer,
@@ -34,6 +39,7 @@ interface ServeFlags {
   readonly logLevel: string;
   readonly shutdownGrace: string;
   readonly selfTestInterval: string;
+  readonly statusVersion: V2StatusVersion;
   readonly socketCheckInterval: string;
   readonly dev: boolean;
   readonly recoveryPublicKey?: string;
@@ -76,6 +82,14 @@ export function registerServe(program: Command, version: string): void {
       '--self-test-interval <seconds>',
       'period of the background wrap/unwrap self-test',
       '30',
+    )
+    .addOption(
+      new Option(
+        '--status-version <version>',
+        'version KMS v2 Status answers: v2beta1 is accepted by kube-apiserver 1.27+, v2 only by 1.29+',
+      )
+        .choices(V2_STATUS_VERSIONS)
+        .default(DEFAULT_V2_STATUS_VERSION),
     )
     .option(
       '--socket-check-interval <seconds>',
@@ -151,6 +165,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     logger,
     observer: metrics,
     selfTestIntervalMs,
+    statusVersion: flags.statusVersion,
   });
   await service.start();
 
@@ -286,6 +301,7 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
     backend: backend.name,
     activeKeyID,
     keyringFingerprint,
+    statusVersion: flags.statusVersion,
     health: healthServer === undefined ? 'off' : `${healthServer.host}:${healthServer.port}`,
     version,
     development: flags.dev,

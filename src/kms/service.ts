@@ -15,10 +15,11 @@ import type { KeyBackend } from '../backends/backend.js';
 import { V1BETA1_API_VERSION } from '../proto/kms-v1beta1.js';
 import {
   V2_ANNOTATIONS_MAX_BYTES,
-  V2_API_VERSION,
+  DEFAULT_V2_STATUS_VERSION,
   V2_CIPHERTEXT_MAX_BYTES,
   V2_HEALTHZ_OK,
   V2_KEY_ID_MAX_BYTES,
+  type V2StatusVersion,
 } from '../proto/kms-v2.js';
 import type { Logger } from '../logger.js';
 
@@ -41,6 +42,8 @@ export interface KmsServiceOptions {
   readonly version: string;
   readonly logger: Logger;
   readonly observer?: KmsObserver;
+  /** The version v2 Status answers (default "v2beta1": accepted by every API server from 1.27 on). */
+  readonly statusVersion?: V2StatusVersion;
   /** Milliseconds since the epoch (injected for tests). */
   readonly now?: () => number;
   readonly random?: (n: number) => Buffer;
@@ -154,6 +157,7 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
   const { backend, logger, observer } = options;
   const now = options.now ?? Date.now;
   const random = options.random ?? randomBytes;
+  const statusVersion = options.statusVersion ?? DEFAULT_V2_STATUS_VERSION;
   const intervalMs = options.selfTestIntervalMs ?? 30_000;
   const retryMs = options.selfTestRetryMs ?? 5_000;
   const maxAgeMs = options.selfTestMaxAgeMs ?? 2 * intervalMs + 10_000;
@@ -317,7 +321,7 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     async status() {
       const keyID = await backend.currentKeyID();
       noteKeyID(keyID);
-      return { version: V2_API_VERSION, healthz: state().reason, keyID };
+      return { version: statusVersion, healthz: state().reason, keyID };
     },
 
     async encrypt(plaintext, uid) {

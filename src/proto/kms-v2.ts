@@ -8,8 +8,15 @@ export const V2_METHODS = {
   encrypt: `/${V2_SERVICE}/Encrypt`,
   decrypt: `/${V2_SERVICE}/Decrypt`,
 } as const;
-/** What Status answers; "v2beta1" is what 1.27/1.28 API servers require and 1.29+ still accept. */
+/** The KMS v2 API version; an API server >= 1.29 accepts it as Status version (1.27/1.28 do not). */
 export const V2_API_VERSION = 'v2';
+/** The Status version 1.27/1.28 API servers require exactly and 1.29+ still accept. */
+export const V2BETA1_API_VERSION = 'v2beta1';
+/** Status versions a plugin may answer; `atrest serve --status-version` picks one. */
+export const V2_STATUS_VERSIONS = [V2BETA1_API_VERSION, V2_API_VERSION] as const;
+export type V2StatusVersion = (typeof V2_STATUS_VERSIONS)[number];
+/** What Status answers by default: the one version every API server from 1.27 on accepts. */
+export const DEFAULT_V2_STATUS_VERSION: V2StatusVersion = V2BETA1_API_VERSION;
 export const V2_HEALTHZ_OK = 'ok';
 /** Limits the API server enforces on plugin answers (inclusive). */
 export const V2_KEY_ID_MAX_BYTES = 1024;

@@ -16,7 +16,7 @@ import {
   DEK_SOURCE_HKDF_SHA256_XNONCE_AES_GCM_SEED,
   EncryptedObject,
 } from '../proto/encrypted-object.js';
-import { V2_API_VERSION, V2_HEALTHZ_OK } from '../proto/kms-v2.js';
+import { V2_API_VERSION, V2_HEALTHZ_OK, V2_STATUS_VERSIONS } from '../proto/kms-v2.js';
 import {
   AES_KEY_SIZES,
   createAesGcmSeedTransformer,
@@ -51,7 +51,7 @@ export const KMS_V2_DECRYPT_CACHE_TTL_MS = 24 * 60 * 60_000;
 export const KMS_V2_POLL_HEALTHY_MS = 60_000;
 export const KMS_V2_POLL_UNHEALTHY_MS = 10_000;
 /** Status versions kube-apiserver >= 1.29 accepts ("v2beta1" is what 1.27/1.28 require). */
-export const KMS_V2_ACCEPTED_VERSIONS: readonly string[] = [V2_API_VERSION, 'v2beta1'];
+export const KMS_V2_ACCEPTED_VERSIONS: readonly string[] = V2_STATUS_VERSIONS;
 
 export interface KmsV2TransformerOptions {
   readonly name: string;

@@ -127,7 +127,7 @@ describe('atrest serve with the aws-kms backend', () => {
 
   it('reports the key ARN behind the alias as key_id and round-trips v2 with annotations', async () => {
     const s = await status();
-    assert.equal(s.version, 'v2');
+    assert.equal(s.version, 'v2beta1');
     assert.match(s.keyID, /^aws-kms:arn:aws:kms:us-east-1:\d{12}:key\//);
     const seed = randomBytes(32);
     const enc = await kmsV2.encrypt(seed, 'u1');

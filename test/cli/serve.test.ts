@@ -81,6 +81,34 @@ test('serve listens on a 0600 socket in a 0700 directory and answers both KMS AP
   const st2 = await status(s.client);
   assert.equal(st2.healthz, 'ok');
   assert.equal(st2.key_id, (await readKeyringFile(s.keyring)).active);
+  // The one version kube-apiserver 1.27/1.28 accept (exact match) and 1.29+ still accept.
+  assert.equal(st2.version, 'v2beta1');
+  assert.equal(s.serving['statusVersion'], 'v2beta1');
+});
+
+test('--status-version v2 makes Status answer "v2"; any other value is refused before listening', async (t) => {
+  const s = await serve(t, ['--status-version', 'v2']);
+  assert.equal((await status(s.client)).version, 'v2');
+  assert.equal(s.serving['statusVersion'], 'v2');
+
+  const dir = await tempDir(t);
+  const keyring = await newKeyringFile(dir);
+  const sock = join(dir, 'x.sock');
+  const r = await runCli(t, [
+    'serve',
+    '--listen',
+    `unix://${sock}`,
+    '--keyring',
+    keyring,
+    '--health-listen',
+    'off',
+    '--status-version',
+    'v1',
+  ]);
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /--status-version/);
+  assert.match(r.stderr, /v2beta1/);
+  await assert.rejects(stat(sock), { code: 'ENOENT' });
 });
 
 test('SIGTERM finishes, removes the socket and exits 0', async (t) => {

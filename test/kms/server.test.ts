@@ -74,7 +74,7 @@ for (const authority of ['localhost', '%2Ftmp%2Fatrest%2Fkms.sock']) {
     const status = v2.StatusResponse.decode(
       await c.unary(v2.V2_METHODS.status, v2.StatusRequest.encode({}), T),
     );
-    assert.equal(status.version, 'v2');
+    assert.equal(status.version, 'v2beta1');
     assert.equal(status.healthz, 'ok');
     assert.equal(status.key_id, await plugin.backend.currentKeyID());
     const seed = randomBytes(32);

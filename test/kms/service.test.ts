@@ -67,7 +67,7 @@ async function setup(t: { after(fn: () => unknown): void }) {
 test('Status is not ok before the first self-test and ok right after one passed', async (t) => {
   const { service, selfTests } = await setup(t);
   const before = await service.status();
-  assert.equal(before.version, 'v2');
+  assert.equal(before.version, 'v2beta1');
   assert.notEqual(before.healthz, 'ok');
   assert.match(before.healthz, /not run/);
   await service.selfTest();

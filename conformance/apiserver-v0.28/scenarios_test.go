@@ -1,0 +1,1 @@
+../apiserver-v0.37/scenarios_test.go
