@@ -2,10 +2,6 @@
 
 import { timingSafeEqual } from 'node:crypto';
 
-export function concatBytes(...parts: readonly Uint8Array[]): Buffer {
-  return Buffer.concat(parts);
-}
-
 /** 2-byte big-endian length, as kms v1 stores the length of the encrypted DEK. */
 export function u16be(n: number): Buffer {
   if (!Number.isInteger(n) || n < 0 || n > 0xffff) {

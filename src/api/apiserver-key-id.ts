@@ -12,7 +12,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { AtrestError } from '../errors.js';
-import { keyIDHash } from '../transformers/kms-v2-validation.js';
+import { keyIDHash } from '../key-id.js';
 
 /** /metrics of a busy API server is a few MiB; anything far beyond is not an API server. */
 const MAX_METRICS_BYTES = 256 * 1024 * 1024;

@@ -23,6 +23,7 @@
 //     clientCertFile: /etc/atrest/kmip.pem
 //     clientKeyFile: /etc/atrest/kmip-key.pem
 
+import { parsePositiveDurationMs } from '../duration.js';
 import { parse as parseYaml } from 'yaml';
 import { ConfigInvalidError, type ConfigProblem } from '../errors.js';
 import type { LocalKekOptions } from './local-kek.js';
@@ -95,14 +96,11 @@ export interface KmipSection extends CommonConfig, TlsFiles {
 
 export type BackendSection = Pkcs11Section | AwsKmsSection | VaultTransitSection | KmipSection;
 
-const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/;
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** "500ms", "30s", "5m", "1h" → milliseconds; undefined if not a duration. */
+/** "500ms", "30s", "5m", "1h30m" → milliseconds (Go syntax, positive); undefined if not a duration. */
 export function parseDuration(value: unknown): number | undefined {
   if (typeof value !== 'string') return undefined;
-  const m = DURATION.exec(value.trim());
-  return m === null ? undefined : Math.round(Number(m[1]) * UNIT_MS[m[2]!]!);
+  const ms = parsePositiveDurationMs(value);
+  return ms === undefined ? undefined : Math.round(ms);
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {

@@ -5,6 +5,8 @@
 import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import { AtrestError } from '../errors.js';
+import { EXIT_FAILURE, EXIT_OK } from './exit.js';
+import { parsePositiveDurationMs } from '../duration.js';
 import { createJsonLogger, isLogLevel, type Logger, type LogLevel } from '../logger.js';
 import { parseUnixEndpoint } from '../grpc/endpoint.js';
 import { grpcCodeName } from '../grpc/status.js';
@@ -46,15 +48,16 @@ interface ServeFlags {
   readonly [flag: string]: unknown;
 }
 
+/** A duration flag: a Go duration (`30s`, `1m`, `500ms`) or a bare number of seconds (`30`). */
 function seconds(flag: string, text: string): number {
-  const n = Number(text.replace(/s$/, ''));
-  if (!Number.isFinite(n) || n <= 0) {
+  const ms = /^\d+(\.\d+)?$/.test(text.trim()) ? Number(text) * 1000 : parsePositiveDurationMs(text);
+  if (ms === undefined || !(ms > 0)) {
     throw new AtrestError(
       'ERR_CONFIG_INVALID',
-      `${flag} "${text}" is not a positive number of seconds`,
+      `${flag} "${text}" is not a positive duration (30s, 1m, 500ms, or a number of seconds)`,
     );
   }
-  return n * 1000;
+  return ms;
 }
 
 export function registerServe(program: Command, version: string): void {
@@ -334,22 +337,22 @@ function installSignals(options: {
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) {
       options.logger.warn('second signal: exiting now', { signal });
-      process.exit(1);
+      process.exit(EXIT_FAILURE);
     }
     stopping = true;
     const deadline = setTimeout(() => {
       options.logger.error('shutdown did not finish in time; exiting', { signal });
-      process.exit(1);
+      process.exit(EXIT_FAILURE);
     }, options.hardDeadlineMs);
     deadline.unref();
     options
       .shutdown(signal)
-      .then(() => process.exit(0))
+      .then(() => process.exit(EXIT_OK))
       .catch((err: unknown) => {
         options.logger.error('shutdown failed', {
           error: err instanceof Error ? err.message : String(err),
         });
-        process.exit(1);
+        process.exit(EXIT_FAILURE);
       });
   };
   process.on('SIGTERM', stop);

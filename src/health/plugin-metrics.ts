@@ -3,7 +3,6 @@
 // key), build and process info. Every label value
 // comes from a fixed set; unknown gRPC methods are counted as service="unknown", method="unknown".
 
-import { createHash } from 'node:crypto';
 import { createRegistry, LATENCY_BUCKETS, type Registry } from './metrics.js';
 
 const KNOWN_METHOD =
@@ -21,10 +20,9 @@ export interface PluginMetrics {
   keySet(set: { fingerprint: string; keys: number; activeKeyID: string }): void;
 }
 
-/** How kube-apiserver itself exposes key ids in metrics: "sha256:" + hex of SHA-256 of the id. */
-export function keyIDHash(keyID: string): string {
-  return 'sha256:' + createHash('sha256').update(keyID, 'utf8').digest('hex');
-}
+import { keyIDHash } from '../key-id.js';
+
+export { keyIDHash };
 
 export function createPluginMetrics(build: {
   readonly version: string;

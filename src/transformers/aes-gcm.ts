@@ -20,7 +20,6 @@ export const GCM_NONCE_SIZE = 12;
 export const GCM_TAG_SIZE = 16;
 /** kms v2 seed mode: info, derived key and minimum seed are all 32 bytes ("do not change" upstream). */
 export const HKDF_INFO_SIZE = 32;
-export const HKDF_DERIVED_KEY_SIZE = 32;
 export const HKDF_MIN_SEED_SIZE = 32;
 
 export const AES_KEY_SIZES: readonly number[] = [16, 24, 32];

@@ -43,7 +43,6 @@ export type { KmsHealth, KmsV1Transformer, KmsV1TransformerOptions } from './kms
 export {
   createKmsV2Transformer,
   decodeEncryptedObject,
-  kmsV2CacheKey,
   KMS_V2_ACCEPTED_VERSIONS,
   KMS_V2_POLL_HEALTHY_MS,
   KMS_V2_POLL_UNHEALTHY_MS,

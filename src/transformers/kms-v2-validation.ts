@@ -1,7 +1,6 @@
 // What kube-apiserver checks in kms v2 plugin answers and stored EncryptedObjects (key_id, encrypted DEK
 // source, annotations). Pure predicates returning problem strings; callers choose the error type.
 
-import { createHash } from 'node:crypto';
 import {
   V2_ANNOTATIONS_MAX_BYTES,
   V2_CIPHERTEXT_MAX_BYTES,
@@ -89,8 +88,4 @@ export function validateEncryptedObject(o: EncryptedObjectFields): string[] {
   return problems;
 }
 
-/** How upstream names a key id in logs and messages: `sha256:<hex>`, or empty for an empty id. */
-export function keyIDHash(keyID: string): string {
-  if (keyID.length === 0) return '';
-  return 'sha256:' + createHash('sha256').update(keyID, 'utf8').digest('hex');
-}
+export { keyIDHash } from '../key-id.js';

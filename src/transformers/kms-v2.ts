@@ -106,8 +106,6 @@ export interface KmsV2Transformer extends Transformer, PrefixEntry {
   readonly description: string;
   /** Calls Status now, validates it and rotates the seed if the key_id changed (or there is no state). */
   refreshStatus(): Promise<KmsHealth>;
-  /** Same as refreshStatus. */
-  probe(): Promise<KmsHealth>;
   /** refreshStatus with the upstream result cache: reused 20 s after success, 3 s after failure. */
   healthz(): Promise<KmsHealth>;
   /** Background Status polling: every healthyIntervalMs (60 s), every unhealthyIntervalMs (10 s) after a failure. */
@@ -472,7 +470,6 @@ export function createKmsV2Transformer(options: KmsV2TransformerOptions): KmsV2T
     },
 
     refreshStatus,
-    probe: refreshStatus,
 
     async healthz(): Promise<KmsHealth> {
       const h = lastHealth;

@@ -52,6 +52,8 @@ test('npm pack installs into an empty prefix without install scripts and serves'
   assert.match(license, /END OF TERMS AND CONDITIONS/);
   assert.equal(pkg.optionalDependencies?.['pkcs11js'] !== undefined, true);
   assert.equal(pkg.dependencies?.['pkcs11js'], undefined);
+  assert.equal(pkg.optionalDependencies?.['@kubernetes/client-node'] !== undefined, true);
+  assert.equal(pkg.dependencies?.['@kubernetes/client-node'], undefined);
 
   await run('npm', [
     'install', '--global', '--prefix', prefix, '--ignore-scripts', '--no-audit', '--no-fund',
@@ -59,6 +61,19 @@ test('npm pack installs into an empty prefix without install scripts and serves'
   ]);
   const atrest = join(prefix, 'bin', 'atrest');
   assert.equal((await run(atrest, ['--version'])).stdout.trim(), pkg.version);
+
+  // A serve-only install: without the Kubernetes client (as with --omit=optional), the plugin below
+  // still serves, and the one command that needs the client says which package to install.
+  const clientNode = join(prefix, 'lib', 'node_modules', 'atrest', 'node_modules', '@kubernetes', 'client-node');
+  assert.ok(existsSync(clientNode), 'npm installs the optional Kubernetes client');
+  await rm(clientNode, { recursive: true, force: true });
+  const viaApi = await run(atrest, ['rewrite', '--via-api', '--resource', 'secrets', '--kubeconfig', join(dir, 'none')]).then(
+    () => assert.fail('rewrite --via-api ran without @kubernetes/client-node'),
+    (err: { code: number; stderr: string }) => err,
+  );
+  assert.equal(viaApi.code, 1);
+  assert.match(viaApi.stderr, /needs the optional package @kubernetes\/client-node, which is not installed: npm install @kubernetes\/client-node@1\.4/);
+  assert.doesNotMatch(viaApi.stderr, /\n\s+at /, 'no stack trace');
 
   const keyring = join(dir, 'keys', 'keyring.json');
   assert.match((await run(atrest, ['keys', 'init', '--keyring', keyring])).stdout, /created keyring/);
