@@ -18,8 +18,13 @@ export interface ControlPlane {
   readonly dir: string;
   readonly etcdUrl: string;
   readonly kubeconfig: string;
-  /** Stops the API server (if running) and starts it with this encryption config (none: no encryption). */
-  restartApiserver(encryptionConfig?: string): Promise<void>;
+  /**
+   * Stops the API server (if running) and starts it with this encryption config (none: no encryption);
+   * waits until it is ready unless `wait` is false (benchmarks time readiness themselves).
+   */
+  restartApiserver(encryptionConfig?: string, options?: { readonly wait?: boolean }): Promise<void>;
+  /** The running API server's process id (for /proc CPU accounting in benchmarks). */
+  apiserverPid(): number | undefined;
   kubectl(args: readonly string[], input?: string): string;
   etcdctl(args: readonly string[]): string;
   stop(): Promise<void>;
@@ -76,7 +81,14 @@ function stopChild(child: ChildProcess | undefined): Promise<void> {
   });
 }
 
-export async function startControlPlane(): Promise<ControlPlane> {
+export interface ControlPlaneOptions {
+  /** kube-apiserver's watch cache (default off: lists then come from etcd, see below). */
+  readonly watchCache?: boolean;
+  /** --feature-gates, e.g. 'KMSv1=true'. */
+  readonly featureGates?: string;
+}
+
+export async function startControlPlane(cpOptions: ControlPlaneOptions = {}): Promise<ControlPlane> {
   requireBinaries();
   const dir = await mkdtemp(join(tmpdir(), 'atrest-api-'));
   const bin = (b: string): string => join(CACHE_BIN, b);
@@ -215,7 +227,10 @@ export async function startControlPlane(): Promise<ControlPlane> {
     throw err;
   }
 
-  const restartApiserver = async (encryptionConfig?: string): Promise<void> => {
+  const restartApiserver = async (
+    encryptionConfig?: string,
+    restartOptions: { readonly wait?: boolean } = {},
+  ): Promise<void> => {
     await stopChild(apiserver);
     const fd = openSync(join(dir, 'apiserver.log'), 'a');
     const child = spawn(
@@ -239,7 +254,8 @@ export async function startControlPlane(): Promise<ControlPlane> {
         '--enable-priority-and-fairness=false',
         '--profiling=false',
         // lists and continue tokens come from etcd, so compacting etcd expires them (410 Gone)
-        '--watch-cache=false',
+        `--watch-cache=${cpOptions.watchCache === true}`,
+        ...(cpOptions.featureGates === undefined ? [] : [`--feature-gates=${cpOptions.featureGates}`]),
         ...(encryptionConfig === undefined
           ? []
           : [`--encryption-provider-config=${encryptionConfig}`]),
@@ -248,6 +264,7 @@ export async function startControlPlane(): Promise<ControlPlane> {
     );
     closeSync(fd);
     apiserver = child;
+    if (restartOptions.wait === false) return;
     try {
       await waitUntil(
         'kube-apiserver /readyz',
@@ -272,7 +289,10 @@ export async function startControlPlane(): Promise<ControlPlane> {
     }
   };
 
-  return { dir, etcdUrl, kubeconfig, restartApiserver, kubectl, etcdctl, stop };
+  const apiserverPid = (): number | undefined =>
+    apiserver !== undefined && apiserver.exitCode === null ? apiserver.pid : undefined;
+
+  return { dir, etcdUrl, kubeconfig, restartApiserver, apiserverPid, kubectl, etcdctl, stop };
 }
 
 /** Every stored value under the prefix: etcd key -> its first bytes, as latin1 (prefixes are ASCII). */
