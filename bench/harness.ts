@@ -77,23 +77,23 @@ export interface Timed {
  * Runs a command to completion under GNU time (for its peak RSS; /usr/bin/time, Debian package `time`)
  * and returns its wall time; fails with its stderr if it exits non-zero.
  */
-export function timedRun(cmd: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Timed {
+export function timedRun(cmd: string, args: readonly string[], options: { readonly discardStdout?: boolean; readonly okStatus?: readonly number[] } = {},
+): Timed {
   if (!existsSync('/usr/bin/time')) throw new Error('/usr/bin/time is missing (apt-get install time)');
   const out = join(tmpdir(), `atrest-bench-time-${process.pid}`);
   const start = performance.now();
   const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', out, cmd, ...args], {
     encoding: 'utf8',
-    env,
     maxBuffer: 1 << 30,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['ignore', options.discardStdout === true ? 'ignore' : 'pipe', 'pipe'],
   });
   const seconds = (performance.now() - start) / 1000;
-  if (r.status !== 0) {
+  if (r.status === null || !(options.okStatus ?? [0]).includes(r.status)) {
     throw new Error(`${cmd} ${args.join(' ')} exited ${r.status ?? r.signal}: ${(r.stderr ?? '').slice(-800)}`);
   }
   const maxRssKiB = Number(readFileSync(out, 'utf8').trim().split('\n').pop());
   rmSync(out, { force: true });
-  return { seconds, maxRssKiB, stdout: r.stdout };
+  return { seconds, maxRssKiB, stdout: r.stdout ?? '' };
 }
 
 export function writeSection(name: string, md: string): void {

@@ -53,7 +53,7 @@ function runShell(script: string): Promise<void> {
 
 const METHODS: readonly Method[] = [
   {
-    name: '`kubectl get secrets -A -o json | kubectl replace -f -` (documented)',
+    name: "`kubectl get secrets -A -o json \\| kubectl replace -f -` (documented)",
     command: 'kubectl get secrets -A -o json | kubectl replace -f -',
     run: (cp) => {
       const k = `${join(CACHE_BIN, 'kubectl')} --kubeconfig=${cp.kubeconfig}`;
@@ -106,7 +106,7 @@ async function main(): Promise<void> {
     if ((await countStoredAs(cp, PREFIX.aescbc)) !== N) throw new Error('the Secrets are not all stored with aescbc');
     for (const m of METHODS) {
       // Switch the write provider: everything stored is now stale, and the method must rewrite all N.
-      const target = current === 'aescbc' ? 'aesgcm' : 'aescbc';
+      const target: 'aescbc' | 'aesgcm' = current === 'aescbc' ? 'aesgcm' : 'aescbc';
       await cp.restartApiserver(files[target]);
       const pid = cp.apiserverPid();
       const cpu0 = cpuSeconds(pid);
