@@ -73,16 +73,29 @@ export interface Timed {
   readonly stdout: string;
 }
 
+/** Runs argv and writes its peak RSS (KiB) to argv[1]: Python's getrusage, where GNU time is missing. */
+const PY_MAXRSS =
+  'import resource,subprocess,sys\n' +
+  'r=subprocess.run(sys.argv[2:])\n' +
+  'open(sys.argv[1],"w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n' +
+  'sys.exit(r.returncode)\n';
+
 /**
- * Runs a command to completion under GNU time (for its peak RSS; /usr/bin/time, Debian package `time`)
- * and returns its wall time; fails with its stderr if it exits non-zero.
+ * Runs a command to completion and returns its wall time and peak RSS (GNU time's %M, or getrusage of
+ * the child through python3 when /usr/bin/time is not installed); fails with its stderr on an exit
+ * status not in `okStatus` (default [0]).
  */
-export function timedRun(cmd: string, args: readonly string[], options: { readonly discardStdout?: boolean; readonly okStatus?: readonly number[] } = {},
+export function timedRun(
+  cmd: string,
+  args: readonly string[],
+  options: { readonly discardStdout?: boolean; readonly okStatus?: readonly number[] } = {},
 ): Timed {
-  if (!existsSync('/usr/bin/time')) throw new Error('/usr/bin/time is missing (apt-get install time)');
   const out = join(tmpdir(), `atrest-bench-time-${process.pid}`);
+  const [wrapper, wrapperArgs] = existsSync('/usr/bin/time')
+    ? ['/usr/bin/time', ['-f', '%M', '-o', out, cmd, ...args]]
+    : ['python3', ['-c', PY_MAXRSS, out, cmd, ...args]];
   const start = performance.now();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', out, cmd, ...args], {
+  const r = spawnSync(wrapper, wrapperArgs, {
     encoding: 'utf8',
     maxBuffer: 1 << 30,
     stdio: ['ignore', options.discardStdout === true ? 'ignore' : 'pipe', 'pipe'],

@@ -145,7 +145,7 @@ async function main(): Promise<void> {
     'aesgcm, aescbc, secretbox and identity (plaintext), all under `secrets` (a config with the four',
     `providers, aesgcm first); ${SMALL.toLocaleString('en-US')} under \`/small/secrets/\` and ${N.toLocaleString('en-US')} under \`/registry/secrets/\`.`,
     'Both rows are whole commands (process start included) reading the same range, run alternately',
-    `${ROUNDS} times each; median wall time, peak RSS = largest of the runs (GNU time's %M).`,
+    `${ROUNDS} times each; median wall time, peak RSS = largest of the runs (GNU time's %M, or getrusage via python3).`,
     '- floor: `etcdctl get --prefix <etcd-prefix>/secrets/ -w protobuf > /dev/null` (one gRPC range, no decoding)',
     '- atrest: `atrest scan --encryption-config FILE --endpoints URL --etcd-prefix P --resource secrets -o json`',
     '  (classifies every value: provider, key, current or stale; no --decrypt)',
