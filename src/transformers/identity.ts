@@ -2,7 +2,7 @@
 // which is what makes "identity first" configurations fall through to the real providers.
 
 import { FormatInvalidError } from '../errors.js';
-import { startsWithBytes } from '../bytes.js';
+import { asBuffer, startsWithBytes } from '../bytes.js';
 import type { FromStorageResult, TransformContext, Transformer } from './transformer.js';
 
 /** The reserved prefix of every encrypted value. */
@@ -23,7 +23,8 @@ export function createIdentityTransformer(): Transformer {
           'identity transformer tried to read encrypted data',
         );
       }
-      return { data: Buffer.from(data), stale: false };
+      // A view, not a copy (as upstream returns the same slice): no caller mutates what a read returns.
+      return { data: asBuffer(data), stale: false };
     },
   };
 }

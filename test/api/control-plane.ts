@@ -18,8 +18,13 @@ export interface ControlPlane {
   readonly dir: string;
   readonly etcdUrl: string;
   readonly kubeconfig: string;
-  /** Stops the API server (if running) and starts it with this encryption config (none: no encryption). */
+  /**
+   * Stops the API server (if running) and starts it with this encryption config (none: no encryption);
+   * waits until it is ready (options.until) unless options.wait is false (benchmarks time readiness).
+   */
   restartApiserver(encryptionConfig?: string, options?: ApiserverOptions): Promise<void>;
+  /** The running API server's process id (for /proc CPU accounting in benchmarks). */
+  apiserverPid(): number | undefined;
   kubectl(args: readonly string[], input?: string): string;
   etcdctl(args: readonly string[]): string;
   stop(): Promise<void>;
@@ -33,6 +38,8 @@ export interface ApiserverOptions {
    * served (a KMS plugin down on purpose keeps /readyz failing).
    */
   readonly until?: 'ready' | 'serving';
+  /** false: return once started; the caller times readiness itself (benchmarks). */
+  readonly wait?: boolean;
 }
 
 export function requireBinaries(): void {
@@ -86,7 +93,14 @@ function stopChild(child: ChildProcess | undefined): Promise<void> {
   });
 }
 
-export async function startControlPlane(): Promise<ControlPlane> {
+export interface ControlPlaneOptions {
+  /** kube-apiserver's watch cache (default off: lists then come from etcd, see below). */
+  readonly watchCache?: boolean;
+  /** --feature-gates, e.g. 'KMSv1=true'. */
+  readonly featureGates?: string;
+}
+
+export async function startControlPlane(cpOptions: ControlPlaneOptions = {}): Promise<ControlPlane> {
   requireBinaries();
   const dir = await mkdtemp(join(tmpdir(), 'atrest-api-'));
   const bin = (b: string): string => join(CACHE_BIN, b);
@@ -252,7 +266,8 @@ export async function startControlPlane(): Promise<ControlPlane> {
         '--enable-priority-and-fairness=false',
         '--profiling=false',
         // lists and continue tokens come from etcd, so compacting etcd expires them (410 Gone)
-        '--watch-cache=false',
+        `--watch-cache=${cpOptions.watchCache === true}`,
+        ...(cpOptions.featureGates === undefined ? [] : [`--feature-gates=${cpOptions.featureGates}`]),
         ...(encryptionConfig === undefined
           ? []
           : [`--encryption-provider-config=${encryptionConfig}`]),
@@ -262,6 +277,7 @@ export async function startControlPlane(): Promise<ControlPlane> {
     );
     closeSync(fd);
     apiserver = child;
+    if (options.wait === false) return;
     try {
       await waitUntil(
         'kube-apiserver /readyz',
@@ -286,7 +302,10 @@ export async function startControlPlane(): Promise<ControlPlane> {
     }
   };
 
-  return { dir, etcdUrl, kubeconfig, restartApiserver, kubectl, etcdctl, stop };
+  const apiserverPid = (): number | undefined =>
+    apiserver !== undefined && apiserver.exitCode === null ? apiserver.pid : undefined;
+
+  return { dir, etcdUrl, kubeconfig, restartApiserver, apiserverPid, kubectl, etcdctl, stop };
 }
 
 /** Every stored value under the prefix: etcd key -> its first bytes, as latin1 (prefixes are ASCII). */

@@ -231,3 +231,20 @@ test('entries without a description are named by their position and prefix', asy
     message: 'provider 0 ("custom:?"): decryption failed',
   });
 });
+
+test('identity reads return a view of the stored bytes, not a copy (through the prefix list too)', async () => {
+  const stored = Buffer.alloc(64 * 1024, 0x7b);
+  const direct = await createIdentityTransformer().transformFromStorage(stored, ctx());
+  assert.equal(direct.data.buffer, stored.buffer);
+  assert.equal(direct.data.byteOffset, stored.byteOffset);
+  assert.equal(direct.data.length, stored.length);
+  const listed = await createPrefixTransformers([createIdentityProvider()]).transformFromStorage(stored, ctx());
+  assert.equal(listed.data.buffer, stored.buffer);
+  assert.deepEqual(listed.data, stored);
+  // a plain Uint8Array in gives a Buffer view out
+  const u8 = new Uint8Array(stored.buffer, 16, 32);
+  const fromU8 = await createIdentityTransformer().transformFromStorage(u8, ctx());
+  assert.ok(Buffer.isBuffer(fromU8.data));
+  assert.equal(fromU8.data.buffer, stored.buffer);
+  assert.equal(fromU8.data.byteOffset, 16);
+});
