@@ -5,12 +5,14 @@
 // write provider, or a KMS v2 key_id/DEK that is no longer current), re-encrypting it. Lists and patch
 // responses are requested as PartialObjectMetadata, so no Secret data ever reaches this process.
 
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { AtrestError } from '../errors.js';
 import type { Logger } from '../logger.js';
+import { writeJsonFileAtomic } from '../etcd/checkpoint.js';
+import { createRateLimiter } from '../etcd/rate-limit.js';
 
 export interface RewriteViaApiOptions {
   /** Credentials and server, loaded by the caller (src/cli/kubeconfig.ts). */
@@ -214,7 +216,7 @@ export async function runRewriteViaApi(
             }
             const index = next++;
             const item = todo[index]!;
-            await limiter();
+            await limiter.acquire();
             const outcome = await patchObject(client, info, item, options.dryRun);
             if (outcome.kind === 'patched') {
               counters.patched++;
@@ -586,18 +588,6 @@ async function withRetries(call: () => Promise<HttpResult>): Promise<HttpResult>
   }
 }
 
-function createRateLimiter(perSecond: number): () => Promise<void> {
-  if (perSecond <= 0) return async () => {};
-  const intervalMs = 1000 / perSecond;
-  let nextAt = 0;
-  return async () => {
-    const now = Date.now();
-    const at = Math.max(now, nextAt);
-    nextAt = at + intervalMs;
-    if (at > now) await sleep(at - now);
-  };
-}
-
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -668,7 +658,5 @@ async function readCheckpoint(options: RewriteViaApiOptions): Promise<Checkpoint
 }
 
 async function writeCheckpoint(file: string, checkpoint: Checkpoint): Promise<void> {
-  const tmp = `${file}.tmp`;
-  await writeFile(tmp, JSON.stringify(checkpoint) + '\n', { mode: 0o600 });
-  await rename(tmp, file);
+  writeJsonFileAtomic(file, checkpoint);
 }

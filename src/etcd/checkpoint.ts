@@ -3,6 +3,7 @@
 // after each completed page; a page half-done at the crash is simply redone, which is harmless
 // because values already written by the current provider are skipped.
 
+import { randomBytes } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { AtrestError } from '../errors.js';
 
@@ -72,10 +73,18 @@ export function readCheckpoint(path: string): Checkpoint | undefined {
 }
 
 export function writeCheckpoint(path: string, checkpoint: Checkpoint): void {
-  const tmp = `${path}.tmp-${process.pid}`;
+  writeJsonFileAtomic(path, checkpoint);
+}
+
+/**
+ * Writes `value` as JSON so that a crash leaves either the old file or the new one, never a torn one:
+ * a 0600 temp file beside it, fsync, rename. The resume files of both rewrites use it.
+ */
+export function writeJsonFileAtomic(path: string, value: unknown): void {
+  const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
   const fd = openSync(tmp, 'w', 0o600);
   try {
-    writeSync(fd, JSON.stringify(checkpoint, null, 2) + '\n');
+    writeSync(fd, JSON.stringify(value, null, 2) + '\n');
     fsyncSync(fd);
   } finally {
     closeSync(fd);
