@@ -4,6 +4,8 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
+import { symlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { BackendError } from '../../src/errors.js';
@@ -87,6 +89,26 @@ describe('pkcs11 backend', () => {
     const m = loadPkcs11Module(MODULE);
     assert.equal(m, loadPkcs11Module(MODULE));
     assert.equal(m.threadSafe, true, 'C_Initialize with CKF_OS_LOCKING_OK, by this process');
+  });
+
+  it('calls a library initialised before it (flags unknown) from the main thread only, and still works', async (t) => {
+    // The same library through another path: dlopen gives the already initialised one, so
+    // C_Initialize answers CKR_CRYPTOKI_ALREADY_INITIALIZED, as with a library some other code in
+    // the process set up.
+    const alias = join(token.dir, 'alias-libsofthsm2.so');
+    symlinkSync(MODULE, alias);
+    const m = loadPkcs11Module(alias);
+    assert.equal(m.threadSafe, false);
+    const service = createPkcs11Service(
+      { module: alias, tokenLabel: TOKEN, keyLabel: KEY_LABEL, sessions: 3 },
+      { pin: readPin },
+    );
+    const b = createRemoteBackend(service, { background: false, localKEK: false });
+    t.after(() => b.close());
+    const plaintexts = Array.from({ length: 20 }, () => randomBytes(32));
+    const wrapped = await Promise.all(plaintexts.map((plaintext) => b.wrap({ plaintext })));
+    const back = await Promise.all(wrapped.map((w) => b.unwrap({ ciphertext: w.ciphertext })));
+    assert.deepEqual(back, plaintexts);
   });
 
   it('close() lets the calls in flight finish and fails the waiting ones', async () => {
