@@ -12,9 +12,7 @@ export interface CpuBurners {
 export function startCpuBurners(count = 2): CpuBurners {
   const children: ChildProcess[] = [];
   for (let i = 0; i < count; i++) {
-    children.push(
-      spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }),
-    );
+    children.push(spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }));
   }
   return {
     count,
