@@ -17,6 +17,7 @@ import pkcs11js from 'pkcs11js';
 import { randomBytes } from 'node:crypto';
 import { AtrestError, BackendError, type BackendErrorKind } from '../errors.js';
 import type { KekService } from './remote.js';
+import { createSessionPool } from './session-pool.js';
 
 export const PKCS11_BACKEND = 'pkcs11';
 const KEY_ID_PREFIX = 'pkcs11:';
@@ -124,46 +125,93 @@ function compareIDs(a: Buffer, b: Buffer): number {
   return a.length !== b.length ? a.length - b.length : Buffer.compare(a, b);
 }
 
+/** A Cryptoki library loaded and initialised in this process, and how it may be called. */
+export interface Pkcs11Module {
+  readonly lib: pkcs11js.PKCS11;
+  /**
+   * True when this process initialised the library with CKF_OS_LOCKING_OK: calls on different
+   * sessions may then run on several threads at once. False when the library was initialised
+   * before us without our knowledge (its flags unknown) or cannot lock: every call then runs
+   * on the main thread, one at a time.
+   */
+  readonly threadSafe: boolean;
+}
+
+// A Cryptoki library is initialised once per process, whatever the number of PKCS11 objects or
+// backend instances: one entry per module path, shared. No C_Finalize: another backend instance (or
+// a reload) may still use the library, and it would be finalised under it.
+const modules = new Map<string, Pkcs11Module>();
+
+/**
+ * Loads the module at `path` and initialises it for concurrent use (CKF_OS_LOCKING_OK), once per
+ * process. Anything else in this process that uses the same library should load it through here.
+ */
+export function loadPkcs11Module(path: string): Pkcs11Module {
+  const known = modules.get(path);
+  if (known !== undefined) return known;
+  const lib = new pkcs11js.PKCS11();
+  try {
+    lib.load(path);
+  } catch (err) {
+    throw new BackendError(PKCS11_BACKEND, 'user-induced', `cannot load the PKCS#11 module ${path}`, {
+      cause: err,
+    });
+  }
+  let threadSafe = true;
+  try {
+    // Without CKF_OS_LOCKING_OK (C_Initialize with no arguments) the library may assume one thread
+    // and skip its own locking; pkcs11js runs C_Encrypt/C_Decrypt on libuv's thread pool, several at
+    // once, and the library's heap got corrupted under load.
+    lib.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (err) {
+    const code = pkcs11Code(err);
+    if (code === pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+      // Someone else in this process initialised it, with flags we cannot know.
+      threadSafe = false;
+    } else if (code === pkcs11js.CKR_CANT_LOCK) {
+      // The library cannot lock with OS primitives: use it as a single-threaded library.
+      threadSafe = false;
+      try {
+        lib.C_Initialize();
+      } catch (err2) {
+        if (pkcs11Code(err2) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED)
+          throw toBackendError('C_Initialize', err2);
+      }
+    } else {
+      throw toBackendError('C_Initialize', err);
+    }
+  }
+  const loaded: Pkcs11Module = { lib, threadSafe };
+  modules.set(path, loaded);
+  return loaded;
+}
+
+/** Return values after which a session may still hold an active operation: close it, do not reuse it. */
+const LEAVES_OPERATION_ACTIVE = new Set([
+  pkcs11js.CKR_BUFFER_TOO_SMALL,
+  pkcs11js.CKR_OPERATION_ACTIVE,
+]);
+
+function isSessionBroken(err: unknown): boolean {
+  if (!(err instanceof BackendError)) return false;
+  if (err.kind === 'unavailable') return true;
+  if (err.cause === undefined) return false;
+  const code = pkcs11Code(err.cause);
+  // No Cryptoki code (0 or none): the binding failed, maybe between init and the operation.
+  return code === undefined || code === 0 || LEAVES_OPERATION_ACTIVE.has(code);
+}
+
 export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): KekService {
   const random = deps.random ?? randomBytes;
-  const poolSize = Math.max(1, config.sessions ?? 4);
-  let lib: pkcs11js.PKCS11 | undefined;
+  let mod: Pkcs11Module | undefined;
   let slot: Handle | undefined;
+  /** Sessions this service has open; PKCS#11 logs the application out when the last one closes. */
+  let sessionsOpen = 0;
   let loggedIn = false;
+  let loggingIn: Promise<void> | undefined;
   let pinRejected: BackendError | undefined;
-  const free: Handle[] = [];
-  let open = 0;
-  const waiters: ((s: Handle) => void)[] = [];
+  // Object handles are valid in every session of this application, so one cache serves all.
   const handles = new Map<string, Handle>();
-  let connecting: Promise<void> | undefined;
-  let closed = false;
-  let busy = 0;
-  let idle: (() => void) | undefined;
-
-  function ensureLib(): pkcs11js.PKCS11 {
-    if (lib !== undefined) return lib;
-    const l = new pkcs11js.PKCS11();
-    try {
-      l.load(config.module);
-    } catch (err) {
-      throw new BackendError(
-        PKCS11_BACKEND,
-        'user-induced',
-        `cannot load the PKCS#11 module ${config.module}`,
-        {
-          cause: err,
-        },
-      );
-    }
-    try {
-      l.C_Initialize();
-    } catch (err) {
-      if (pkcs11Code(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED)
-        throw toBackendError('C_Initialize', err);
-    }
-    lib = l;
-    return l;
-  }
 
   function findSlot(l: pkcs11js.PKCS11): Handle {
     for (const s of l.C_GetSlotList(true)) {
@@ -177,7 +225,6 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
   }
 
   async function login(l: pkcs11js.PKCS11, session: Handle): Promise<void> {
-    if (loggedIn) return;
     const pin = await deps.pin();
     try {
       l.C_Login(session, pkcs11js.CKU_USER, pin);
@@ -201,98 +248,73 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
     loggedIn = true;
   }
 
-  async function connect(): Promise<void> {
-    const l = ensureLib();
-    if (slot === undefined) slot = findSlot(l);
+  function closeSession(s: Handle): void {
+    try {
+      mod?.lib.C_CloseSession(s);
+    } catch {
+      // already closed
+    }
+    sessionsOpen--;
+    // A session is closed only when broken or at close: the key may be gone too.
+    handles.clear();
+    if (sessionsOpen === 0) loggedIn = false;
+  }
+
+  async function openSession(): Promise<Handle> {
+    if (pinRejected !== undefined) throw pinRejected;
+    mod ??= loadPkcs11Module(config.module);
+    const l = mod.lib;
     let s: Handle;
     try {
+      slot ??= findSlot(l);
       s = l.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     } catch (err) {
       throw toBackendError('C_OpenSession', err);
     }
-    open++;
+    sessionsOpen++;
     try {
-      await login(l, s);
+      // Every opener waits for the one login in progress: one PIN read, one C_Login.
+      if (!loggedIn) {
+        loggingIn ??= login(l, s).finally(() => {
+          loggingIn = undefined;
+        });
+        await loggingIn;
+      }
     } catch (err) {
-      l.C_CloseSession(s);
-      open--;
+      closeSession(s);
       throw err;
     }
-    free.push(s);
+    return s;
   }
 
-  async function acquire(): Promise<{ l: pkcs11js.PKCS11; s: Handle }> {
-    if (closed) throw new BackendError(PKCS11_BACKEND, 'other', 'the backend is closed');
-    if (pinRejected !== undefined) throw pinRejected;
-    // Every caller waits for the one login in progress: a session opened before it would be public.
-    if (lib === undefined || !loggedIn) {
-      connecting ??= connect().finally(() => {
-        connecting = undefined;
-      });
-      await connecting;
-    }
-    const l = lib!;
-    const s = free.pop();
-    if (s !== undefined) return { l, s };
-    if (open < poolSize) {
-      open++;
-      try {
-        return {
-          l,
-          s: l.C_OpenSession(slot!, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION),
-        };
-      } catch (err) {
-        open--;
-        throw toBackendError('C_OpenSession', err);
-      }
-    }
-    return { l, s: await new Promise<Handle>((resolve) => waiters.push(resolve)) };
-  }
+  const pool = createSessionPool<Handle>({
+    size: Math.max(1, config.sessions ?? 4),
+    open: openSession,
+    close: closeSession,
+    closedError: () => new BackendError(PKCS11_BACKEND, 'other', 'the backend is closed'),
+    abortedError: (reason) =>
+      (reason as { name?: unknown } | undefined)?.name === 'TimeoutError'
+        ? new BackendError(PKCS11_BACKEND, 'unavailable', 'no PKCS#11 session became free in time')
+        : new BackendError(PKCS11_BACKEND, 'other', 'the call was cancelled', { cause: reason }),
+  });
 
-  function release(s: Handle, broken: boolean): void {
-    if (broken) {
-      // The session (or the whole login) is gone: close it and let the next call reopen.
-      try {
-        lib?.C_CloseSession(s);
-      } catch {
-        // already closed
-      }
-      open--;
-      handles.clear();
-      if (open === 0) loggedIn = false;
-      const w = waiters.shift();
-      if (w !== undefined) {
-        acquire().then(
-          ({ s: fresh }) => w(fresh),
-          () => waiters.unshift(w),
-        );
-      }
-      return;
-    }
-    const w = waiters.shift();
-    if (w !== undefined) w(s);
-    else free.push(s);
-  }
-
-  async function withSession<T>(
+  /** Runs `fn` on a session that no other call uses until `fn` settles. */
+  function withSession<T>(
     op: string,
-    fn: (l: pkcs11js.PKCS11, s: Handle) => Promise<T> | T,
+    signal: AbortSignal | undefined,
+    fn: (m: Pkcs11Module, s: Handle) => Promise<T> | T,
   ): Promise<T> {
-    const { l, s } = await acquire();
-    busy++;
-    let broken = false;
-    try {
-      return await fn(l, s);
-    } catch (err) {
-      if (err instanceof AtrestError && !(err instanceof BackendError)) throw err;
-      const e = toBackendError(op, err);
-      broken = e.kind === 'unavailable';
-      throw e;
-    } finally {
-      busy--;
-      release(s, broken || closed);
-      if (busy === 0) idle?.();
-    }
+    return pool.use(
+      async (s) => {
+        try {
+          return await fn(mod!, s);
+        } catch (err) {
+          throw err instanceof AtrestError ? err : toBackendError(op, err);
+        }
+      },
+      isSessionBroken,
+      signal,
+    );
   }
 
   function findKeys(l: pkcs11js.PKCS11, s: Handle, label: string, id?: Buffer): Handle[] {
@@ -333,17 +355,33 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
     return { mechanism: pkcs11js.CKM_AES_GCM, parameter };
   }
 
-  function run(fn: (cb: (error: Error, data: Buffer) => void) => void): Promise<Buffer> {
+  /**
+   * C_Encrypt or C_Decrypt of `input` into a fresh buffer: on a thread-pool thread when the library
+   * locks for itself, else on the main thread. The session stays held by the caller until this
+   * settles; `input` and the output stay referenced until the native call has returned.
+   */
+  function crypt(
+    m: Pkcs11Module,
+    op: 'C_Encrypt' | 'C_Decrypt',
+    s: Handle,
+    input: Buffer,
+    outLength: number,
+  ): Promise<Buffer> {
+    const out = Buffer.alloc(outLength);
+    if (!m.threadSafe) return Promise.resolve(m.lib[op](s, input, out));
     return new Promise((resolve, reject) =>
-      fn((error, data) => (error ? reject(error) : resolve(data))),
+      m.lib[op](s, input, out, (error, data) => {
+        void input;
+        return error ? reject(error) : resolve(data);
+      }),
     );
   }
 
   return {
     name: PKCS11_BACKEND,
 
-    async resolveKeyID() {
-      return withSession('find key', (l, s) => {
+    async resolveKeyID(signal) {
+      return withSession('find key', signal, ({ lib: l }, s) => {
         let best: Buffer | undefined;
         for (const h of findKeys(l, s, config.keyLabel)) {
           const [attr] = l.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_ID }]);
@@ -368,30 +406,28 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
       });
     },
 
-    async encrypt(keyID, plaintext, aad) {
+    async encrypt(keyID, plaintext, aad, signal) {
       parseKeyID(keyID);
-      return withSession('C_Encrypt', async (l, s) => {
-        const key = keyHandle(l, s, keyID);
+      return withSession('C_Encrypt', signal, async (m, s) => {
+        const key = keyHandle(m.lib, s, keyID);
         const iv = random(GCM_IV_BYTES);
-        l.C_EncryptInit(s, gcm(iv, aad), key);
-        const out = await run((cb) =>
-          l.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES), cb),
-        );
+        m.lib.C_EncryptInit(s, gcm(iv, aad), key);
+        const out = await crypt(m, 'C_Encrypt', s, plaintext, plaintext.length + GCM_TAG_BYTES);
         return Buffer.concat([iv, out]);
       });
     },
 
-    async decrypt(keyID, ciphertext, aad) {
+    async decrypt(keyID, ciphertext, aad, signal) {
       parseKeyID(keyID);
       if (ciphertext.length < GCM_IV_BYTES + GCM_TAG_BYTES) {
         throw new BackendError(PKCS11_BACKEND, 'corruption', 'ciphertext is too short for AES-GCM');
       }
-      return withSession('C_Decrypt', async (l, s) => {
-        const key = keyHandle(l, s, keyID);
+      return withSession('C_Decrypt', signal, async (m, s) => {
+        const key = keyHandle(m.lib, s, keyID);
         const iv = ciphertext.subarray(0, GCM_IV_BYTES);
-        l.C_DecryptInit(s, gcm(iv, aad), key);
+        m.lib.C_DecryptInit(s, gcm(iv, aad), key);
         const body = ciphertext.subarray(GCM_IV_BYTES);
-        return run((cb) => l.C_Decrypt(s, body, Buffer.alloc(body.length), cb));
+        return crypt(m, 'C_Decrypt', s, body, body.length);
       });
     },
 
@@ -401,24 +437,10 @@ export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): Kek
     },
 
     async close() {
-      closed = true;
-      // Let calls in flight finish; each closes its session on release.
-      if (busy > 0) await new Promise<void>((resolve) => (idle = resolve));
-      const l = lib;
-      if (l === undefined) return;
-      for (const s of free.splice(0)) {
-        try {
-          l.C_CloseSession(s);
-        } catch {
-          // closing anyway
-        }
-      }
-      // No C_Finalize: the module is process-wide, and another backend instance may still use it.
-      lib = undefined;
+      // Refuses new calls, fails waiting ones, and resolves once the calls in flight have returned
+      // their sessions and every session is closed: no native call outlives close().
+      await pool.close();
       slot = undefined;
-      open = 0;
-      loggedIn = false;
-      handles.clear();
     },
   };
 }

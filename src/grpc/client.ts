@@ -14,7 +14,17 @@ export interface GrpcClientOptions {
   readonly authority?: string;
   /** Largest response accepted (default 4 MiB, grpc-go's default receive limit). */
   readonly maxMessageBytes?: number;
+  /** Time and the wait between dial attempts (default: real time; tests inject their own). */
+  readonly clock?: GrpcClientClock;
 }
+
+export interface GrpcClientClock {
+  now(): number;
+  /** Waits `ms` (a dial backoff); rejects with the signal's reason if it aborts first. */
+  sleep(ms: number, signal: AbortSignal | undefined): Promise<void>;
+}
+
+const REAL_CLOCK: GrpcClientClock = { now: () => Date.now(), sleep };
 
 export interface GrpcClient {
   unary(
@@ -56,6 +66,7 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
   const { address } = options;
   const authority = options.authority ?? 'localhost';
   const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE;
+  const clock = options.clock ?? REAL_CLOCK;
   let session: http2.ClientHttp2Session | undefined;
   let dialing: Promise<http2.ClientHttp2Session> | undefined;
   let inFlight = 0;
@@ -108,7 +119,7 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
         lastError = err;
       }
       // Wait-for-ready: the plugin may not be up yet. Retry until the deadline.
-      const remaining = deadline - Date.now();
+      const remaining = deadline - clock.now();
       if (remaining <= 0) {
         throw new GrpcStatusError(
           GRPC_CODE.DEADLINE_EXCEEDED,
@@ -116,7 +127,7 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
           { cause: lastError },
         );
       }
-      await sleep(Math.min(backoff, remaining), signal);
+      await clock.sleep(Math.min(backoff, remaining), signal);
       backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
     }
   }
@@ -139,7 +150,7 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
             ':authority': authority,
             'content-type': 'application/grpc',
             te: 'trailers',
-            'grpc-timeout': formatGrpcTimeout(deadline - Date.now()),
+            'grpc-timeout': formatGrpcTimeout(deadline - clock.now()),
           },
           { endStream: false },
         );
@@ -165,7 +176,7 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
       };
       const timer = setTimeout(
         () => settle(new GrpcStatusError(GRPC_CODE.DEADLINE_EXCEEDED, `deadline exceeded calling ${method}`)),
-        Math.max(0, deadline - Date.now()),
+        Math.max(0, deadline - clock.now()),
       );
       const onAbort = (): void =>
         settle(new GrpcStatusError(GRPC_CODE.CANCELLED, `call to ${method} cancelled`, { cause: signal?.reason }));
@@ -247,7 +258,7 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
 
   return {
     async unary(method, message, { timeoutMs, signal }) {
-      const deadline = Date.now() + timeoutMs;
+      const deadline = clock.now() + timeoutMs;
       if (signal?.aborted) throw new GrpcStatusError(GRPC_CODE.CANCELLED, `call to ${method} cancelled`);
       inFlight++;
       try {
@@ -265,8 +276,8 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
           } catch (err) {
             if (!(err instanceof Retryable)) throw err;
             if (session === s) session = undefined;
-            await sleep(BACKOFF_FIRST_MS, signal).catch(() => {});
-            if (Date.now() >= deadline) {
+            await clock.sleep(BACKOFF_FIRST_MS, signal).catch(() => {});
+            if (clock.now() >= deadline) {
               throw new GrpcStatusError(GRPC_CODE.DEADLINE_EXCEEDED, `deadline exceeded calling ${method}`, { cause: err });
             }
           }

@@ -266,10 +266,11 @@ describe('runRewriteViaApi', () => {
              $KUBECTL create secret generic "w${w}-$n" -n rw-b --from-literal=k=$n >/dev/null 2>&1
              [ $n -ge 2 ] && $KUBECTL delete secret "w${w}-$(( n - 2 ))" -n rw-b --wait=false >/dev/null 2>&1
              n=$(( n + 1 ))
+             echo "$n"
            done`,
         ],
         {
-          stdio: 'ignore',
+          stdio: ['ignore', 'pipe', 'ignore'],
           env: {
             ...process.env,
             KUBECTL: `${join(CACHE_BIN, 'kubectl')} --kubeconfig=${cp.kubeconfig}`,
@@ -277,9 +278,17 @@ describe('runRewriteViaApi', () => {
         },
       ),
     );
+    // Each writer prints a line after each round of writes; the pipe is drained all along.
+    const wroteOnce = writers.map(
+      (w) =>
+        new Promise<void>((resolve, reject) => {
+          w.stdout!.on('data', () => resolve());
+          w.once('exit', (code) => reject(new Error(`a writer exited (${code}) before writing`)));
+        }),
+    );
     try {
-      // let the writers get going before the first list
-      await new Promise((r) => setTimeout(r, 1500));
+      // The writers are going (each has written) before the first list.
+      await Promise.all(wroteOnce);
       const summary = await runRewriteViaApi(options({ concurrency: 6, pageSize: 20 }));
       assert.deepEqual(summary.failed, []);
       assert.ok(summary.patched >= TOTAL, `patched ${summary.patched}`);

@@ -4,16 +4,22 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
+import { symlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { BackendError } from '../../src/errors.js';
-import { createPkcs11Service, classifyPkcs11Error } from '../../src/backends/pkcs11.js';
+import {
+  createPkcs11Service,
+  classifyPkcs11Error,
+  loadPkcs11Module,
+} from '../../src/backends/pkcs11.js';
 import {
   createRemoteBackend,
   type RemoteBackendOptions,
   type RemoteKeyBackend,
 } from '../../src/backends/remote.js';
-import { runBackendSuite } from './suite.js';
+import { runBackendSuite, waitFor } from './suite.js';
 import { replaceEnvelopeKeyID } from './envelope-edit.js';
 import { createSoftHsmToken } from './softhsm.js';
 
@@ -79,6 +85,74 @@ describe('pkcs11 backend', () => {
     assert.deepEqual(back, plaintexts);
   });
 
+  it('initialises the module once per process, for calls from several threads', () => {
+    const m = loadPkcs11Module(MODULE);
+    assert.equal(m, loadPkcs11Module(MODULE));
+    assert.equal(m.threadSafe, true, 'C_Initialize with CKF_OS_LOCKING_OK, by this process');
+  });
+
+  it('calls a library initialised before it (flags unknown) from the main thread only, and still works', async (t) => {
+    // The same library through another path: dlopen gives the already initialised one, so
+    // C_Initialize answers CKR_CRYPTOKI_ALREADY_INITIALIZED, as with a library some other code in
+    // the process set up.
+    const alias = join(token.dir, 'alias-libsofthsm2.so');
+    symlinkSync(MODULE, alias);
+    const m = loadPkcs11Module(alias);
+    assert.equal(m.threadSafe, false);
+    const service = createPkcs11Service(
+      { module: alias, tokenLabel: TOKEN, keyLabel: KEY_LABEL, sessions: 3 },
+      { pin: readPin },
+    );
+    const b = createRemoteBackend(service, { background: false, localKEK: false });
+    t.after(() => b.close());
+    const plaintexts = Array.from({ length: 20 }, () => randomBytes(32));
+    const wrapped = await Promise.all(plaintexts.map((plaintext) => b.wrap({ plaintext })));
+    const back = await Promise.all(wrapped.map((w) => b.unwrap({ ciphertext: w.ciphertext })));
+    assert.deepEqual(back, plaintexts);
+  });
+
+  it('close() lets the calls in flight finish and fails the waiting ones', async () => {
+    const b = open({ background: false });
+    const keyID = await b.currentKeyID();
+    const settled: string[] = [];
+    const plaintexts = Array.from({ length: 30 }, () => randomBytes(32));
+    const calls = plaintexts.map((plaintext) =>
+      b.wrap({ plaintext }).then(
+        async (w) => {
+          settled.push('wrapped');
+          return w;
+        },
+        (err: unknown) => {
+          assert.ok(err instanceof BackendError, String(err));
+          assert.match(err.message, /the backend is closed/);
+          settled.push('refused');
+          return undefined;
+        },
+      ),
+    );
+    // Once one call has finished (a native completion, after every microtask), all the others
+    // are in the session pool: in flight on a session or waiting for one.
+    await Promise.race(calls);
+    await b.close();
+    // A session closed under a running C_Encrypt would fail that call (or crash): every call either
+    // finished soundly or was refused as closed — nothing else.
+    const wrapped = await Promise.all(calls);
+    assert.equal(settled.length, 30);
+    assert.ok(settled.includes('wrapped'), 'the calls that had a session finished');
+    await assert.rejects(b.wrap({ plaintext: randomBytes(32) }), /the backend is closed/);
+    // What was wrapped before close() is sound: a fresh backend unwraps it.
+    const b2 = open({ background: false });
+    try {
+      for (const [i, w] of wrapped.entries()) {
+        if (w === undefined) continue;
+        assert.equal(w.keyID, keyID);
+        assert.deepEqual(await b2.unwrap({ ciphertext: w.ciphertext }), plaintexts[i]);
+      }
+    } finally {
+      await b2.close();
+    }
+  });
+
   it('never retries a wrong PIN, even from the background refresh, until reload', async () => {
     let logins = 0;
     let pin = '000000';
@@ -96,7 +170,9 @@ describe('pkcs11 backend', () => {
           return true;
         });
       }
-      await new Promise((r) => setTimeout(r, 500));
+      // Let the background refresh (every 50 ms after a failure) try three more times.
+      const tried = b.remoteCalls().resolve;
+      await waitFor('three background refreshes', () => b.remoteCalls().resolve >= tried + 3);
       assert.equal(logins, 1, 'exactly one login attempt with the wrong PIN');
       assert.equal(b.health().kind, 'user-induced');
       pin = PIN;

@@ -6,11 +6,12 @@ import { BackendError, ConfigInvalidError } from '../../src/errors.js';
 import { withRetry, type RetryDeps } from '../../src/backends/retry.js';
 import { parseBackendConfig, parseDuration, resolveSecret } from '../../src/backends/config.js';
 
-function fakeClock(): RetryDeps & { slept: number[] } {
+function fakeClock(): RetryDeps & { slept: number[]; advance(ms: number): void } {
   let t = 0;
   const slept: number[] = [];
   return {
     slept,
+    advance: (ms) => void (t += ms),
     now: () => t,
     sleep: async (ms) => {
       slept.push(ms);
@@ -65,14 +66,17 @@ describe('retry', () => {
       withRetry(
         async () => {
           n++;
-          clock.sleep(400);
+          clock.advance(400); // each call takes 400 ms
           throw new BackendError('x', 'unavailable', 'down');
         },
         { ...policy, attempts: 10 },
         clock,
       ),
     );
-    assert.ok(n <= 3, `made ${n} attempts within a 1 s budget of 400 ms calls`);
+    // t=0 call 1 fails at 400; 400+99 < 1000, so it backs off 99 and retries; call 2 fails at 899;
+    // 899+199 >= 1000: no third attempt.
+    assert.equal(n, 2, 'one retry, then the budget is spent');
+    assert.deepEqual(clock.slept, [99]);
   });
 });
 

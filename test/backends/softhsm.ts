@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
+import { loadPkcs11Module } from '../../src/backends/pkcs11.js';
 import { findTool } from './servers.js';
 
 export interface SoftHsmToken {
@@ -100,14 +101,9 @@ export function createSoftHsmToken(tokenLabel = 'atrest-test', pin = '246810'): 
   };
 
   function withAdminSession<T>(fn: (admin: pkcs11js.PKCS11, session: Buffer) => T): T {
-    const admin = new pkcs11js.PKCS11();
-    admin.load(module);
-    try {
-      admin.C_Initialize();
-    } catch (err) {
-      if ((err as { code?: number }).code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED)
-        throw err;
-    }
+    // Through the backend's own loader: the library is initialised once per process, for concurrent
+    // use, whichever of this helper and a backend in the same process comes first.
+    const admin = loadPkcs11Module(module).lib;
     const slot = admin
       .C_GetSlotList(true)
       .find((s) => admin.C_GetTokenInfo(s).label.trim() === tokenLabel)!;

@@ -134,8 +134,11 @@ resources:
     const oldLabel = Object.keys(before.formats)[0]!;
     execFileSync(process.execPath, [CLI, 'keys', 'rotate', '--keyring', keyring], { stdio: 'ignore' });
     plugin.kill('SIGHUP');
+    // Wait for the reload (an event inside the plugin) by what it changes; the deadline only turns
+    // a hang into a failure.
     let s = before;
-    for (let i = 0; i < 50 && s.stale !== 18; i++) {
+    const deadline = Date.now() + 60_000;
+    while (s.stale !== 18 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 100));
       s = await secretsScan(false);
     }

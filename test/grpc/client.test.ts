@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { createGrpcClient } from '../../src/grpc/client.js';
+import { createGrpcClient, type GrpcClientClock } from '../../src/grpc/client.js';
 import { createGrpcServer } from '../../src/grpc/server.js';
 import { parseUnixEndpoint } from '../../src/grpc/endpoint.js';
 import { GRPC_CODE, GrpcStatusError } from '../../src/grpc/status.js';
@@ -14,17 +14,38 @@ import { echo, listen, startFixture, tempDir } from './fixture.js';
 
 const handlers = new Map([['/t.T/Echo', echo]]);
 
+/** Real time, with a hook run when the client starts a dial backoff (it found no server). */
+function backoffHook(): GrpcClientClock & { onBackoff: (() => Promise<void>) | undefined } {
+  const hooked = {
+    onBackoff: undefined as (() => Promise<void>) | undefined,
+    now: () => Date.now(),
+    async sleep(ms: number) {
+      const hook = hooked.onBackoff;
+      hooked.onBackoff = undefined;
+      await hook?.();
+      await new Promise((r) => setTimeout(r, ms));
+    },
+  };
+  return hooked;
+}
+
 test('waits for a server that starts after the call was made (wait-for-ready)', async () => {
   const dir = tempDir();
   const address = join(dir, 'late.sock');
-  const client = createGrpcClient({ address });
+  const clock = backoffHook();
+  const client = createGrpcClient({ address, clock });
   const server = createGrpcServer({ handlers, maxMessageBytes: 1024 });
   let listener: Awaited<ReturnType<typeof listen>> | undefined;
   try {
-    const call = client.unary('/t.T/Echo', Buffer.from('patience'), { timeoutMs: 5000 });
-    await new Promise((r) => setTimeout(r, 300));
-    listener = await listen(address, server);
+    // The server starts only once the client has failed to dial and backs off.
+    let dialFailed = false;
+    clock.onBackoff = async () => {
+      dialFailed = true;
+      listener = await listen(address, server);
+    };
+    const call = client.unary('/t.T/Echo', Buffer.from('patience'), { timeoutMs: 30_000 });
     assert.deepEqual(await call, Buffer.from('patience'));
+    assert.ok(dialFailed);
   } finally {
     await client.close();
     await server.close(0);
@@ -35,17 +56,27 @@ test('waits for a server that starts after the call was made (wait-for-ready)', 
 
 test('gives up with DEADLINE_EXCEEDED when nothing ever listens', async () => {
   const dir = tempDir();
-  const client = createGrpcClient({ address: join(dir, 'absent.sock') });
+  // A fake clock: each backoff advances time by exactly what the client asked to wait.
+  let t = 0;
+  const slept: number[] = [];
+  const clock: GrpcClientClock = {
+    now: () => t,
+    sleep: async (ms) => {
+      slept.push(ms);
+      t += ms;
+    },
+  };
+  const client = createGrpcClient({ address: join(dir, 'absent.sock'), clock });
   try {
-    const started = Date.now();
     await assert.rejects(client.unary('/t.T/Echo', Buffer.from('x'), { timeoutMs: 200 }), (err: unknown) => {
       assert.ok(err instanceof GrpcStatusError);
       assert.equal(err.code, GRPC_CODE.DEADLINE_EXCEEDED);
       assert.match(err.message, /ENOENT/);
       return true;
     });
-    const took = Date.now() - started;
-    assert.ok(took >= 190 && took < 2000, `took ${took} ms`);
+    // Exponential backoff from 10 ms, the last wait cut to the deadline, and no wait beyond it.
+    assert.deepEqual(slept, [10, 20, 40, 80, 50]);
+    assert.equal(t, 200);
   } finally {
     await client.close();
     rmSync(dir, { recursive: true, force: true });
@@ -54,7 +85,8 @@ test('gives up with DEADLINE_EXCEEDED when nothing ever listens', async () => {
 
 test('recovers transparently from a server restart on the next call', async () => {
   const fx = await startFixture({ handlers, maxMessageBytes: 1024 });
-  const client = createGrpcClient({ address: fx.address });
+  const clock = backoffHook();
+  const client = createGrpcClient({ address: fx.address, clock });
   try {
     assert.deepEqual(await client.unary('/t.T/Echo', Buffer.from('one'), { timeoutMs: 2000 }), Buffer.from('one'));
     await fx.stop(0);
@@ -62,10 +94,11 @@ test('recovers transparently from a server restart on the next call', async () =
     assert.deepEqual(await client.unary('/t.T/Echo', Buffer.from('two'), { timeoutMs: 2000 }), Buffer.from('two'));
     // And across a gap in which the socket is absent.
     await fx.stop(0);
-    const later = client.unary('/t.T/Echo', Buffer.from('three'), { timeoutMs: 5000 });
-    await new Promise((r) => setTimeout(r, 200));
-    await fx.restart();
+    // The server comes back only once the client has found it gone and backs off.
+    clock.onBackoff = () => fx.restart();
+    const later = client.unary('/t.T/Echo', Buffer.from('three'), { timeoutMs: 30_000 });
     assert.deepEqual(await later, Buffer.from('three'));
+    assert.equal(clock.onBackoff, undefined, 'the client did back off');
   } finally {
     await client.close();
     await fx.cleanup();

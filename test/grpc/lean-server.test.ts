@@ -17,6 +17,7 @@ import {
   hpackLiteral,
   messageOf,
   statusOf,
+  type RawResponse,
 } from './raw-h2.js';
 
 useTransport('lean');
@@ -78,9 +79,9 @@ test('holds a response back until the client opens its window, then sends the re
     const done = c.expect(1);
     c.write(Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0, settings)]));
     c.write(Buffer.concat([frame(FRAME.HEADERS, 0x4, 1, echoBlock), frame(FRAME.DATA, 0x1, 1, grpcFrame(Buffer.from('0123456789abcdef')))]));
-    await new Promise((r) => setTimeout(r, 100));
-    const early = c as unknown as { streams: Map<number, { data: Buffer }> };
-    assert.equal(early.streams.get(1)?.data.length, 10, 'only the window went out');
+    await c.until(() => c.received(1) >= 10);
+    await c.ping(); // anything sent beyond the window would have arrived before the ACK
+    assert.equal(c.received(1), 10, 'only the window went out');
     const inc = Buffer.alloc(4);
     inc.writeUInt32BE(100, 0);
     c.write(frame(FRAME.WINDOW_UPDATE, 0, 1, inc));
@@ -179,32 +180,59 @@ test('garbage, a half frame then a disconnect, and a disconnect mid-call leave t
   await new Promise<void>((resolve) => junk.socket.once('close', () => resolve()));
   assert.equal(junk.goaway?.code, 6, 'FRAME_SIZE_ERROR');
 
+  // Each client ends its side and waits until the server has read everything and closed too.
+  const hangUp = (c: RawH2Client): Promise<void> =>
+    new Promise<void>((resolve) => {
+      if (c.closed) return resolve();
+      c.socket.once('close', () => resolve());
+      c.socket.end();
+    });
+
   const half = await RawH2Client.connect(fx.address);
   half.write(frame(FRAME.HEADERS, 0x4, 1, echoBlock).subarray(0, 12));
-  await new Promise((r) => setTimeout(r, 20));
-  half.close();
+  await hangUp(half);
 
   const mid = await RawH2Client.connect(fx.address);
   mid.write(Buffer.concat([frame(FRAME.HEADERS, 0x4, 1, grpcRequestBlock('/t.Test/Wait', localhost)), frame(FRAME.DATA, 0x1, 1, grpcFrame(Buffer.from('bye')))]));
-  mid.close();
+  await hangUp(mid);
 
   const partial = await RawH2Client.connect(fx.address);
   partial.write(Buffer.concat([frame(FRAME.HEADERS, 0x4, 1, echoBlock), frame(FRAME.DATA, 0, 1, Buffer.from([0, 0, 0, 1, 0]))]));
-  partial.close();
+  await hangUp(partial);
 
-  await new Promise((r) => setTimeout(r, 50));
   await stillServes();
 });
 
 test('a client that cancels with RST_STREAM gets no answer on that stream; the next stream works', async () => {
-  const c = await RawH2Client.connect(fx.address);
+  // Its own server, with a handler that finishes when the test says so.
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let returned!: () => void;
+  const handlerReturned = new Promise<void>((resolve) => (returned = resolve));
+  const held = await startFixture({
+    transport: 'lean',
+    maxMessageBytes: LIMIT,
+    handlers: new Map([
+      ['/t.Test/Echo', async (call) => call.message],
+      [
+        '/t.Test/Held',
+        async (call) => {
+          await released;
+          returned();
+          return call.message;
+        },
+      ],
+    ]),
+  });
+  const c = await RawH2Client.connect(held.address);
   try {
+    void c.expect(1); // registered, so that anything the server sends on stream 1 is recorded
     const done = c.expect(3);
     const rst = Buffer.alloc(4);
     rst.writeUInt32BE(8, 0);
     c.write(
       Buffer.concat([
-        frame(FRAME.HEADERS, 0x4, 1, grpcRequestBlock('/t.Test/Wait', localhost)),
+        frame(FRAME.HEADERS, 0x4, 1, grpcRequestBlock('/t.Test/Held', localhost)),
         frame(FRAME.DATA, 0x1, 1, grpcFrame(Buffer.from('gone'))),
         frame(FRAME.RST_STREAM, 0, 1, rst),
         frame(FRAME.HEADERS, 0x4, 3, echoBlock),
@@ -213,11 +241,19 @@ test('a client that cancels with RST_STREAM gets no answer on that stream; the n
     );
     const r = await done;
     assert.equal(messageOf(r).toString(), 'next');
-    await new Promise((r2) => setTimeout(r2, 50));
-    const seen = c as unknown as { streams: Map<number, unknown> };
-    assert.equal(seen.streams.size, 0);
+    // Let the cancelled call's handler return; then a PING round trip: an answer written for
+    // stream 1 would have reached us before the ACK.
+    release();
+    await handlerReturned;
+    await c.ping();
+    const seen = c as unknown as { streams: Map<number, RawResponse> };
+    const s1 = seen.streams.get(1);
+    assert.ok(s1 !== undefined, 'stream 1 was not ended by the server');
+    assert.deepEqual(s1.headers, [], 'no headers on the cancelled stream');
+    assert.equal(s1.data.length, 0, 'no data on the cancelled stream');
   } finally {
     c.close();
+    await held.cleanup();
   }
 });
 
@@ -314,8 +350,9 @@ test('survives 200 connections of random frames (after a valid preface) and keep
       frames.push(frame(rand(12), rand(256), rand(4) === 0 ? 0 : 1 + 2 * rand(3), payload));
     }
     c.write(Buffer.concat(frames));
-    await Promise.race([closed, new Promise((r) => setTimeout(r, 5))]);
-    c.close();
+    // End our side; the server closes once it has read (or refused) everything.
+    c.socket.end();
+    await closed;
   }
   await stillServes();
 });

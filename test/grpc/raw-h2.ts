@@ -124,6 +124,8 @@ export class RawH2Client {
   closed = false;
   /** Answer SETTINGS and PING on its own (off for tests that write every byte themselves). */
   autoAck = true;
+  private readonly pingAcks: (() => void)[] = [];
+  private readonly watchers = new Set<() => void>();
 
   private constructor(socket: net.Socket) {
     this.socket = socket;
@@ -179,6 +181,35 @@ export class RawH2Client {
     this.socket.destroy();
   }
 
+  /**
+   * Sends a PING and resolves at its ACK: whatever the server wrote before it read our PING has
+   * arrived by then (a barrier, instead of waiting some time).
+   */
+  ping(): Promise<void> {
+    return new Promise((resolve) => {
+      this.pingAcks.push(resolve);
+      this.write(frame(FRAME.PING, 0, 0, Buffer.alloc(8)));
+    });
+  }
+
+  /** Resolves once `check()` holds; checked now and after every frame received. */
+  until(check: () => boolean): Promise<void> {
+    return new Promise((resolve) => {
+      if (check()) return resolve();
+      const w = (): void => {
+        if (!check()) return;
+        this.watchers.delete(w);
+        resolve();
+      };
+      this.watchers.add(w);
+    });
+  }
+
+  /** The DATA bytes received so far on a stream registered with expect(). */
+  received(streamId: number): number {
+    return this.streams.get(streamId)?.data.length ?? 0;
+  }
+
   private finish(id: number): void {
     const s = this.streams.get(id);
     if (s === undefined) return;
@@ -197,6 +228,7 @@ export class RawH2Client {
       const payload = this.buf.subarray(9, 9 + len);
       this.buf = this.buf.subarray(9 + len);
       this.onFrame(type, flags, id, payload);
+      for (const w of [...this.watchers]) w();
     }
   }
 
@@ -208,6 +240,7 @@ export class RawH2Client {
         return;
       case FRAME.PING:
         if ((flags & 1) === 0 && this.autoAck) this.write(frame(FRAME.PING, 1, 0, payload));
+        if ((flags & 1) !== 0) this.pingAcks.shift()?.();
         return;
       case FRAME.GOAWAY:
         this.goaway = { lastStreamId: payload.readUInt32BE(0) & 0x7fffffff, code: payload.readUInt32BE(4) };
