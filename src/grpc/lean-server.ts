@@ -849,7 +849,10 @@ class Connection {
         if (payload.length !== 4) throw new ConnectionError(FRAME_SIZE_ERROR, 'RST_STREAM of the wrong size');
         if (id > this.lastStreamId) throw new ConnectionError(PROTOCOL_ERROR, 'RST_STREAM on an idle stream');
         const stream = this.streams.get(id);
-        if (stream === undefined) return this.strike('too many frames on closed streams');
+        if (stream === undefined) {
+          if (this.closedState(id) !== CLOSED_RESET_BY_US) this.strike('too many frames on closed streams');
+          return;
+        }
         stream.localEnded = true;
         this.finish(stream, GRPC_CODE.CANCELLED, 'the client cancelled the call');
         this.release(stream);
@@ -1016,7 +1019,7 @@ class Connection {
       // RFC 9113 §5.1: frames the client sent before seeing our RST_STREAM are ignored; HEADERS on
       // any other closed stream (or a lower, skipped id: implicitly closed, §5.1.1) is an error.
       const how = this.closedState(id);
-      if (how === CLOSED_RESET_BY_US) return this.strike('too many frames on closed streams');
+      if (how === CLOSED_RESET_BY_US) return;
       throw new ConnectionError(how === CLOSED_NORMALLY ? STREAM_CLOSED : PROTOCOL_ERROR, 'HEADERS on a closed stream');
     }
     if ((id & 1) === 0) throw new ConnectionError(PROTOCOL_ERROR, 'a client stream with an even id');
@@ -1034,8 +1037,8 @@ class Connection {
       this.strike('too many refused streams');
       return this.refuse(id, PROTOCOL_ERROR, 'a required pseudo-header field is missing or empty');
     }
+    // Not a strike: the client cannot see handlers still running for streams it reset, which count.
     if (this.draining || this.active >= this.shared.limits.maxConcurrentStreams) {
-      this.strike('too many refused streams');
       return this.refuse(id, REFUSED_STREAM, 'refused');
     }
     this.openStream(id, endStream);
@@ -1097,9 +1100,10 @@ class Connection {
     if (stream === undefined) {
       if (id > this.lastStreamId) throw new ConnectionError(PROTOCOL_ERROR, 'DATA on an idle stream');
       this.consumed(flowLength);
-      this.strike('too many frames on closed streams');
       // In flight before our RST_STREAM: ignored. Otherwise the client writes to a closed stream.
-      if (this.closedState(id) !== CLOSED_RESET_BY_US) this.send(u32Frame(TYPE_RST_STREAM, id, STREAM_CLOSED));
+      if (this.closedState(id) === CLOSED_RESET_BY_US) return;
+      this.strike('too many frames on closed streams');
+      this.send(u32Frame(TYPE_RST_STREAM, id, STREAM_CLOSED));
       return;
     }
     if (stream.remoteEnded) {
