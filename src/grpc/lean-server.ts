@@ -630,11 +630,15 @@ class Connection {
     stream.held = 0;
   }
 
-  /** Bytes we no longer hold; credited to the client in batches of half the window. */
+  /**
+   * Bytes we no longer hold; credited to the client in batches of half the window, or at once when
+   * the client has less than half left (much of it held by calls still open).
+   */
   private consumed(n: number): void {
     if (n === 0) return;
     this.connUnacked += n;
-    if (this.connUnacked >= this.shared.connectionWindow / 2) {
+    const half = this.shared.connectionWindow / 2;
+    if (this.connUnacked >= half || this.connRecvWindow <= half) {
       this.send(u32Frame(TYPE_WINDOW_UPDATE, 0, this.connUnacked));
       this.connRecvWindow += this.connUnacked;
       this.connUnacked = 0;
