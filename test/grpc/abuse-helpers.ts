@@ -142,7 +142,20 @@ export class AttackConn {
   }
 
   /** Connects; `handshake` sends the preface and an empty SETTINGS (plus `settings` pairs). */
-  static connect(address: string, handshake = true, settings: readonly [number, number][] = []): Promise<AttackConn> {
+  static async connect(address: string, handshake = true, settings: readonly [number, number][] = []): Promise<AttackConn> {
+    // A UNIX socket whose accept backlog is full refuses with EAGAIN (1,000 connections at once on a
+    // busy machine): back off and try again, as a real client would.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await AttackConn.connectOnce(address, handshake, settings);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN' || attempt >= 500) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    }
+  }
+
+  private static connectOnce(address: string, handshake: boolean, settings: readonly [number, number][]): Promise<AttackConn> {
     return new Promise((resolve, reject) => {
       const socket = net.connect(address);
       socket.once('error', reject);
