@@ -19,6 +19,8 @@ export interface UnwrapRequest {
   readonly annotations?: Readonly<Record<string, Uint8Array>>;
   /** Request id for logs only; never trusted. */
   readonly uid?: string;
+  /** See WrapRequest.signal. */
+  readonly signal?: AbortSignal;
 }
 
 export interface WrapRequest {
@@ -29,6 +31,12 @@ export interface WrapRequest {
    * then carry non-secret data in annotations rather than in the ciphertext. Absent/false for v1beta1.
    */
   readonly annotationsAllowed?: boolean;
+  /**
+   * Aborted when the caller gives up (the gRPC client cancelled, its deadline passed, the connection
+   * closed): a remote backend stops its call to the key manager; a local one may ignore it. Read it
+   * only when it is used: the plugin creates the AbortSignal on first read.
+   */
+  readonly signal?: AbortSignal;
 }
 
 /** A remote backend's latest view of its key manager, for /healthz, /readyz and v2 Status. */

@@ -105,11 +105,22 @@ export function createRemoteBackend(
   let timer: NodeJS.Timeout | undefined;
   let closed = false;
 
-  function call<T>(what: keyof typeof counts, op: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  /**
+   * One remote operation with retries. `cancel` is the caller's signal (a gRPC call the client gave
+   * up on): it stops the attempt in flight and any retry, and its reason is what the caller gets. A
+   * cancelled call says nothing about the key manager's health.
+   */
+  function call<T>(
+    what: keyof typeof counts,
+    op: (signal: AbortSignal) => Promise<T>,
+    cancel?: AbortSignal,
+  ): Promise<T> {
     return withRetry(
       async () => {
+        cancel?.throwIfAborted();
         counts[what]++;
-        return op(AbortSignal.timeout(callTimeoutMs));
+        const timeout = AbortSignal.timeout(callTimeoutMs);
+        return op(cancel === undefined ? timeout : AbortSignal.any([timeout, cancel]));
       },
       policy,
       retryDeps,
@@ -119,6 +130,7 @@ export function createRemoteBackend(
         return v;
       },
       (err: unknown) => {
+        if (cancel?.aborted === true) throw cancel.reason;
         // A bad ciphertext or an unknown key id is the request's problem, not the backend's.
         if (!(err instanceof BackendError && err.kind === 'corruption') && !isRequestProblem(err)) {
           markFailed(err);
@@ -240,8 +252,12 @@ export function createRemoteBackend(
           : { ciphertext, keyID: id, annotations: { [LOCAL_KEK_ANNOTATION]: sealed.wrappedKEK } };
       }
       const header = envelopeHeader('direct', id);
-      const remote = await call('encrypt', (s) =>
-        service.encrypt(id, asBuffer(request.plaintext), header, s),
+      // Direct mode: the caller's signal reaches the key manager call. (The local-KEK tier's remote
+      // calls are shared by every caller waiting on them, so no single caller can cancel them.)
+      const remote = await call(
+        'encrypt',
+        (s) => service.encrypt(id, asBuffer(request.plaintext), header, s),
+        request.signal,
       );
       return { ciphertext: encodeDirect(id, remote), keyID: id };
     },
@@ -255,7 +271,11 @@ export function createRemoteBackend(
         );
       }
       if (env.mode === 'direct') {
-        return call('decrypt', (s) => service.decrypt(env.keyID, env.remote, env.header, s));
+        return call(
+          'decrypt',
+          (s) => service.decrypt(env.keyID, env.remote, env.header, s),
+          request.signal,
+        );
       }
       let wrappedKEK = env.wrappedKEK;
       if (wrappedKEK === undefined) {

@@ -115,6 +115,26 @@ export interface HpackField {
   end: number;
 }
 
+/**
+ * Per-call options of decode(), used by the lean server (lean-server.ts) for HTTP/2 request limits
+ * and validation. Pass one long-lived object: decode() allocates nothing for it.
+ */
+export interface HpackDecodeOptions {
+  /**
+   * SETTINGS_MAX_HEADER_LIST_SIZE on the DECODED list (RFC 7541 §4.1 sizes: name + value + 32 per
+   * field): once it is exceeded no more fields are reported, but the block is still decoded to the
+   * end so the dynamic table stays in step with the peer. decode() then returns false.
+   */
+  readonly maxListSize?: number;
+  /** Called, in block order, with the name of every field NOT in `keep` (values are not decoded). */
+  readonly onOther?: (name: string) => void;
+}
+
+/** The RFC 7541 §4.1 size of each static table entry. */
+const STATIC_SIZES: readonly number[] = STATIC_TABLE.map(
+  ([name, value]) => name.length + value.length + ENTRY_OVERHEAD,
+);
+
 export class HpackDecoder {
   private readonly entries: Entry[] = []; // oldest first; dynamic index 1 = the last element
   private size = 0;
@@ -141,11 +161,15 @@ export class HpackDecoder {
 
   /**
    * Decodes one complete header block, updating the dynamic table, and calls onField for every field
-   * whose name is in `keep`. Throws HpackError on a malformed block (a connection error for HTTP/2).
+   * whose name is in `keep` (see HpackDecodeOptions for limits). Returns false when the decoded list
+   * exceeded options.maxListSize. Throws HpackError on a malformed block (a connection error for HTTP/2).
    */
-  decode(block: Buffer, onField: (field: HpackField) => void): void {
+  decode(block: Buffer, onField: (field: HpackField) => void, options?: HpackDecodeOptions): boolean {
     let pos = 0;
     let sawField = false;
+    const maxListSize = options?.maxListSize ?? Infinity;
+    const onOther = options?.onOther;
+    let listSize = 0;
     const len = block.length;
     while (pos < len) {
       const start = pos;
@@ -157,8 +181,11 @@ export class HpackDecoder {
         const index = this.lastInt;
         if (index === 0) throw new HpackError('index 0');
         const name = this.nameAt(index);
-        if (this.keep.has(name)) {
-          onField({ name, value: this.valueAt(index), kind: FIELD_INDEXED, start, valueStart: -1, end: pos });
+        listSize += index <= STATIC_COUNT ? STATIC_SIZES[index - 1]! : this.dynamicAt(index).size;
+        if (listSize <= maxListSize) {
+          if (this.keep.has(name)) {
+            onField({ name, value: this.valueAt(index), kind: FIELD_INDEXED, start, valueStart: -1, end: pos });
+          } else onOther?.(name);
         }
         sawField = true;
         continue;
@@ -202,9 +229,14 @@ export class HpackDecoder {
       const value = wanted ? this.lastString! : null;
       const valueOctets = this.lastLength;
       if (kind === FIELD_LITERAL_INCREMENTAL) this.add(name, value, nameOctets + valueOctets + ENTRY_OVERHEAD);
-      if (wanted) onField({ name, value: value!, kind, start, valueStart, end: pos });
+      listSize += nameOctets + valueOctets + ENTRY_OVERHEAD;
+      if (listSize <= maxListSize) {
+        if (wanted) onField({ name, value: value!, kind, start, valueStart, end: pos });
+        else onOther?.(name);
+      }
       sawField = true;
     }
+    return listSize <= maxListSize;
   }
 
   // --- integers and strings (results in lastInt / lastString / lastLength to avoid allocations) ---

@@ -1,20 +1,27 @@
 // A lean, unary-only gRPC server that speaks HTTP/2 (RFC 9113) itself on each accepted socket: no
 // node:http2, no JS stream layer, no :authority normaliser (our own HPACK decoder accepts any value,
-// e.g. the raw socket path older grpc-go clients send, kms-spec §8b). Same interface and semantics as
-// the node:http2 transport in server.ts; handlers are plain async functions from bytes to bytes.
+// e.g. the raw socket path older grpc-go clients send, kms-spec §8b). Handlers are plain async
+// functions from bytes to bytes.
 //
 // Per connection: the 24-byte preface, then frames. Header blocks (HEADERS + CONTINUATION, PADDED and
-// PRIORITY handled) go through one stateful HpackDecoder that keeps only the values we read. Request
-// DATA is gathered up to maxMessageBytes and never beyond; both receive windows are credited back as
-// data is consumed, and responses respect the peer's windows (queued per stream when they do not fit).
-// A response is one write: HEADERS + DATA + trailers, encoded with constant static-table HPACK blocks.
+// PRIORITY handled) go through one stateful HpackDecoder that keeps only the values we read; requests
+// are validated as RFC 9113 §8 requires. Request DATA is gathered up to maxMessageBytes and never
+// beyond; the connection window is credited back only when a call is over (its bytes are no longer
+// held), so what a peer can make us hold is bounded by the window we announce. Responses respect the
+// peer's windows (queued per stream when they do not fit, for a bounded time). A response is one
+// write: HEADERS + DATA + trailers, encoded with constant static-table HPACK blocks.
 // Connection errors answer GOAWAY and close that connection; stream errors answer RST_STREAM.
+//
+// Everything a peer can make us hold is limited (LEAN_LIMITS below, docs/grpc.md "Limits and abuse
+// handling"): connections, streams and running handlers, header block bytes, frames and time, buffered
+// request and response bytes, call time, send time, idle time, and cheap control frames per second.
+// Coarse time limits are checked by one sweep timer per server (not a timer per frame or per stream).
 
 import type { Socket } from 'node:net';
 import type { Logger } from '../logger.js';
 import { silentLogger } from '../logger.js';
 import { MESSAGE_PREFIX, parseGrpcTimeout } from './framing.js';
-import { HpackDecoder, HpackError, encodeHpackInt, type HpackField } from './hpack.js';
+import { HpackDecoder, HpackError, encodeHpackInt, type HpackDecodeOptions, type HpackField } from './hpack.js';
 import { GRPC_CODE, GrpcStatusError, encodeGrpcMessage, type GrpcCode } from './status.js';
 import { CallAbort } from './call-abort.js';
 import type { GrpcServer, GrpcServerOptions, UnaryCall, UnaryHandler } from './server.js';
@@ -55,6 +62,7 @@ const FLOW_CONTROL_ERROR = 0x3;
 const STREAM_CLOSED = 0x5;
 const FRAME_SIZE_ERROR = 0x6;
 const REFUSED_STREAM = 0x7;
+const CANCEL = 0x8;
 const COMPRESSION_ERROR = 0x9;
 const ENHANCE_YOUR_CALM = 0xb;
 
@@ -69,13 +77,105 @@ const MAX_MAX_FRAME_SIZE = 16_777_215;
 const OUR_HEADER_TABLE_SIZE = 4096;
 /** Our SETTINGS_MAX_FRAME_SIZE (the default; not sent): the largest frame we buffer. */
 const OUR_MAX_FRAME_SIZE = 16_384;
+/**
+ * SETTINGS_MAX_CONCURRENT_STREAMS, counting streams whose handler still runs after the client reset
+ * them (so a reset flood cannot start more handlers than this). kube-apiserver multiplexes all its KMS
+ * calls over one connection; its concurrency is bounded by its own request handling, far below this.
+ */
 export const LEAN_MAX_CONCURRENT_STREAMS = 1000;
-/** Announced SETTINGS_MAX_HEADER_LIST_SIZE; the compressed block is capped at the same size. */
+/**
+ * Announced SETTINGS_MAX_HEADER_LIST_SIZE, enforced on the DECODED list (an HPACK block can expand
+ * ~1000x by referencing a large table entry); the compressed block is capped at the same size. A
+ * kube-apiserver request's headers are about 300 bytes.
+ */
 export const LEAN_MAX_HEADER_LIST_SIZE = 16_384;
-/** The connection receive window we open at once (the stream windows stay at the 65,535 default). */
-const OUR_CONNECTION_WINDOW = 1 << 20;
+/**
+ * CONTINUATION frames in one header block. A block within the 16 KiB limit fits one HEADERS frame;
+ * a client splits it only past the peer's max frame size, so 2 would do: 32 leaves room for odd
+ * encoders, while an endless stream of (empty) CONTINUATIONs is cut at once.
+ */
+export const LEAN_MAX_CONTINUATION_FRAMES = 32;
+/**
+ * The connection receive window, credited back only when a call is over: the most request bytes
+ * (and so, about, response bytes) one connection makes us hold. 16 max-size (64 KiB) requests, or
+ * thousands of real ones (a DEK seed, a ~300-byte ciphertext), at once.
+ */
+export const LEAN_CONNECTION_WINDOW = 1 << 20;
+/**
+ * Open connections per server. kube-apiserver uses one or two per KMS provider (v1 and v2 clients),
+ * plus our own CLI and probes: 64 is generous. At the cap a new connection evicts the connection that
+ * has been idle longest (GOAWAY), so idle or half-open connections cannot lock out the API server; if
+ * every connection is busy the new one is closed.
+ */
+export const LEAN_MAX_CONNECTIONS = 64;
+/** From accept to the client's preface and SETTINGS. A local client writes them at once. */
+export const LEAN_PREFACE_TIMEOUT_MS = 10_000;
+/**
+ * A connection without a call in flight for this long gets GOAWAY. Longer than kube-apiserver's
+ * 1-minute KMS v2 Status poll, so its connection is never churned.
+ */
+export const LEAN_IDLE_TIMEOUT_MS = 10 * 60_000;
+/** An unfinished header block (HEADERS without END_HEADERS) may stay open this long. */
+export const LEAN_HEADER_BLOCK_TIMEOUT_MS = 5_000;
+/**
+ * A call without grpc-timeout must finish within this. kube-apiserver always sends one (its KMS
+ * `timeout`, 3 s by default); the default bounds a client that never finishes its request.
+ */
+export const LEAN_DEFAULT_CALL_TIMEOUT_MS = 30_000;
+/** A larger grpc-timeout is cut to this: no KMS call legitimately takes minutes. */
+export const LEAN_MAX_CALL_TIMEOUT_MS = 5 * 60_000;
+/**
+ * A computed response that cannot be sent (the client keeps its flow-control window closed) is
+ * dropped with RST_STREAM CANCEL after this, so a reader that never reads cannot pin responses.
+ */
+export const LEAN_SEND_TIMEOUT_MS = 10_000;
+/**
+ * Cheap frames that cost us work but carry no call (PING, SETTINGS, PRIORITY, unknown types, empty
+ * DATA, tiny WINDOW_UPDATEs, frames on closed streams, refused or malformed streams) per sweep
+ * interval (1 s). More is GOAWAY ENHANCE_YOUR_CALM (grpc-go: "too_many_pings"). A real client sends a
+ * handful per second at most.
+ */
+export const LEAN_MAX_STRIKES = 1000;
+/** Granularity of the coarse time limits above: they fire at most one interval late. */
+export const LEAN_SWEEP_INTERVAL_MS = 1000;
 /** Stop reading from a client that does not read its responses once this much output is queued. */
 const MAX_QUEUED_OUTPUT = 1 << 20;
+/** A WINDOW_UPDATE smaller than this is a strike: real clients credit in large steps. */
+const SMALL_WINDOW_UPDATE = 1024;
+/** Recently closed stream ids remembered, to tell "ignore" (we reset it) from "closed" (RFC 9113 §5.1). */
+const CLOSED_RING = 256;
+/** How long a closing connection may take to flush before the socket is destroyed. */
+const CLOSE_FLUSH_MS = 5_000;
+
+export interface LeanLimits {
+  readonly maxConcurrentStreams: number;
+  readonly maxConnections: number;
+  readonly connectionWindow: number;
+  readonly maxContinuationFrames: number;
+  readonly prefaceTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly headerBlockTimeoutMs: number;
+  readonly defaultCallTimeoutMs: number;
+  readonly maxCallTimeoutMs: number;
+  readonly sendTimeoutMs: number;
+  readonly maxStrikes: number;
+  readonly sweepIntervalMs: number;
+}
+
+export const LEAN_LIMITS: LeanLimits = {
+  maxConcurrentStreams: LEAN_MAX_CONCURRENT_STREAMS,
+  maxConnections: LEAN_MAX_CONNECTIONS,
+  connectionWindow: LEAN_CONNECTION_WINDOW,
+  maxContinuationFrames: LEAN_MAX_CONTINUATION_FRAMES,
+  prefaceTimeoutMs: LEAN_PREFACE_TIMEOUT_MS,
+  idleTimeoutMs: LEAN_IDLE_TIMEOUT_MS,
+  headerBlockTimeoutMs: LEAN_HEADER_BLOCK_TIMEOUT_MS,
+  defaultCallTimeoutMs: LEAN_DEFAULT_CALL_TIMEOUT_MS,
+  maxCallTimeoutMs: LEAN_MAX_CALL_TIMEOUT_MS,
+  sendTimeoutMs: LEAN_SEND_TIMEOUT_MS,
+  maxStrikes: LEAN_MAX_STRIKES,
+  sweepIntervalMs: LEAN_SWEEP_INTERVAL_MS,
+};
 
 const KEPT_NAMES: ReadonlySet<string> = new Set([
   ':method',
@@ -84,10 +184,31 @@ const KEPT_NAMES: ReadonlySet<string> = new Set([
   'host',
   'content-type',
   'grpc-timeout',
+  'te',
+  'content-length',
 ]);
 
+/** RFC 9113 §8.2.2: these must not appear in an HTTP/2 request. */
+const CONNECTION_SPECIFIC: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'upgrade',
+]);
+/** A field name: RFC 9110 token characters, lowercase only (RFC 9113 §8.2.1). */
+const VALID_NAME = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
+
+const PSEUDO_METHOD = 1;
+const PSEUDO_SCHEME = 2;
+const PSEUDO_PATH = 4;
+const PSEUDO_AUTHORITY = 8;
+
+const CLOSED_UNKNOWN = 0;
+const CLOSED_NORMALLY = 1;
+const CLOSED_RESET_BY_US = 2;
+
 const UNKNOWN_METHOD = 'unknown';
-const MAX_TIMER_MS = 0x7fff_ffff;
 const EMPTY = Buffer.alloc(0);
 
 function writeFrameHeader(out: Buffer, at: number, length: number, type: number, flags: number, id: number): void {
@@ -189,17 +310,25 @@ class Stream extends CallAbort implements UnaryCall {
   handler: UnaryHandler | undefined = undefined;
   started = 0;
   timer: NodeJS.Timeout | undefined = undefined;
+  /** The server's sweep tick when the stream opened (for the default call timeout). */
+  bornTick = 0;
 
-  /** The call is settled and recorded (exactly once). */
+  /** The call is settled (exactly once); recorded then, or when a queued response is sent or dropped. */
   finished = false;
   /** The client sent END_STREAM. */
   remoteEnded = false;
   /** We sent END_STREAM or RST_STREAM, or the client reset it: nothing more goes out. */
   localEnded = false;
+  /** We sent RST_STREAM: frames the client had in flight are then ignored (RFC 9113 §5.1). */
+  resetByUs = false;
   /** Response HEADERS are on the wire (a flow-controlled response is still being sent). */
   headersSent = false;
-  /** Still counted in the connection's streams. */
+  /** Still in the connection's stream table. */
   open = true;
+  /** Its handler is running (it still counts toward the stream limit, and holds its bytes). */
+  running = false;
+  /** Counted in the connection's active streams until both closed and its handler settled. */
+  retired = false;
 
   // request body
   expected = -1;
@@ -207,11 +336,18 @@ class Stream extends CallAbort implements UnaryCall {
   parts: Buffer[] | undefined = undefined;
   have = 0;
   complete = false;
+  /** DATA bytes (padding included) not yet credited back to the connection window. */
+  held = 0;
+  /** DATA payload bytes (padding excluded), checked against content-length. */
+  dataBytes = 0;
+  contentLength = -1;
 
   recvWindow = DEFAULT_WINDOW;
   sendWindow: number;
   /** Response bytes (the framed message) waiting for send window, then the trailers. */
   pending: Buffer | undefined = undefined;
+  /** Sweeps during which a queued response made no progress. */
+  stallTicks = 0;
 
   constructor(id: number, conn: Connection, sendWindow: number) {
     super();
@@ -231,26 +367,42 @@ function uncork(conn: Connection): void {
   conn.socket.uncork();
 }
 
+/** A limit in sweep ticks: fires after more than `ms`, at most one sweep interval late. */
+function ticksFor(ms: number, interval: number): number {
+  return Math.max(1, Math.ceil(ms / interval));
+}
+
 interface Shared {
   readonly handlers: ReadonlyMap<string, UnaryHandler>;
   readonly maxMessageBytes: number;
   readonly onCall: GrpcServerOptions['onCall'];
   readonly logger: Logger;
   readonly connections: Set<Connection>;
+  readonly limits: LeanLimits;
+  readonly connectionWindow: number;
+  readonly settingsFrames: Buffer;
+  readonly prefaceTicks: number;
+  readonly idleTicks: number;
+  readonly blockTicks: number;
+  readonly callTicks: number;
+  readonly sendTicks: number;
+  /** Sweeps so far. */
+  tick: number;
 }
 
-const SERVER_SETTINGS = ((): Buffer => {
+const SETTINGS_ACK = controlFrame(TYPE_SETTINGS, FLAG_ACK, 0, EMPTY);
+
+function serverSettings(limits: LeanLimits, connectionWindow: number): Buffer {
   const settings = Buffer.alloc(12);
   settings.writeUInt16BE(SETTINGS_MAX_CONCURRENT_STREAMS, 0);
-  settings.writeUInt32BE(LEAN_MAX_CONCURRENT_STREAMS, 2);
+  settings.writeUInt32BE(limits.maxConcurrentStreams, 2);
   settings.writeUInt16BE(SETTINGS_MAX_HEADER_LIST_SIZE, 6);
   settings.writeUInt32BE(LEAN_MAX_HEADER_LIST_SIZE, 8);
   return Buffer.concat([
     controlFrame(TYPE_SETTINGS, 0, 0, settings),
-    u32Frame(TYPE_WINDOW_UPDATE, 0, OUR_CONNECTION_WINDOW - DEFAULT_WINDOW),
+    u32Frame(TYPE_WINDOW_UPDATE, 0, connectionWindow - DEFAULT_WINDOW),
   ]);
-})();
-const SETTINGS_ACK = controlFrame(TYPE_SETTINGS, FLAG_ACK, 0, EMPTY);
+}
 
 class Connection {
   readonly socket: Socket;
@@ -260,47 +412,87 @@ class Connection {
   readonly closed: Promise<void>;
   corked = false;
   destroyed = false;
+  /** Streams that count toward the limit: open, or closed with their handler still running. */
+  active = 0;
+  /** Sweeps without any active stream. */
+  idleTicks = 0;
+  settingsSeen = false;
 
-  private carry: Buffer | null = null;
-  private prefaceDone = false;
-  private settingsSeen = false;
+  // reading: whole frames are handled in place in the socket chunk; a frame split across reads is
+  // gathered once into a buffer of its exact size (never re-copied on later reads)
+  private prefaceMatched = 0;
+  private readonly head = Buffer.allocUnsafe(FRAME_HEADER);
+  private headFill = 0;
+  private partial: Buffer | null = null;
+  private partialFill = 0;
+
   private lastStreamId = 0;
   /** GOAWAY sent (close) or received: no new streams; the socket ends once the streams drain. */
   private draining = false;
   private paused = false;
+  private ageTicks = 0;
+  private strikes = 0;
 
   // peer settings
   private peerInitialWindow = DEFAULT_WINDOW;
   private peerMaxFrameSize = MIN_MAX_FRAME_SIZE;
   private connSendWindow = DEFAULT_WINDOW;
-  private connRecvWindow = OUR_CONNECTION_WINDOW;
+  /** What the client may still send on the connection; consumed bytes come back via connUnacked. */
+  private connRecvWindow: number;
+  private connUnacked = 0;
   /** Streams whose response waits for send window, in arrival order. */
   private readonly blocked = new Set<Stream>();
+
+  // recently closed streams (a ring): id, and whether we reset it
+  private readonly closedIds = new Uint32Array(CLOSED_RING);
+  private readonly closedHow = new Uint8Array(CLOSED_RING);
+  private closedNext = 0;
 
   // header block being assembled
   private blockStream = 0;
   private blockFlags = 0;
   private blockParts: Buffer[] = [];
   private blockSize = 0;
+  private blockFrames = 0;
+  private blockAge = 0;
 
-  // fields of the header block being decoded
+  // fields of the header block being decoded, and what validation found
   private fMethod: string | undefined;
   private fPath: string | undefined;
   private fAuthority: string | undefined;
   private fHost: string | undefined;
   private fContentType: string | undefined;
   private fTimeout: string | undefined;
+  private fContentLength = -1;
+  private fPseudo = 0;
+  private fRegular = false;
+  private fTrailers = false;
+  private fBad: string | undefined;
+
+  private pseudo(bit: number): void {
+    if (this.fTrailers) this.fBad ??= 'pseudo-header field in trailers';
+    else if (this.fRegular) this.fBad ??= 'pseudo-header field after a regular field';
+    else if ((this.fPseudo & bit) !== 0) this.fBad ??= 'duplicate pseudo-header field';
+    this.fPseudo |= bit;
+  }
+
   private readonly onField = (field: HpackField): void => {
     switch (field.name) {
       case ':method':
+        this.pseudo(PSEUDO_METHOD);
         this.fMethod = field.value;
         return;
       case ':path':
+        this.pseudo(PSEUDO_PATH);
         this.fPath = field.value;
         return;
       case ':authority':
+        this.pseudo(PSEUDO_AUTHORITY);
         this.fAuthority = field.value;
         return;
+    }
+    this.fRegular = true;
+    switch (field.name) {
       case 'host':
         this.fHost = field.value;
         return;
@@ -310,17 +502,41 @@ class Connection {
       case 'grpc-timeout':
         this.fTimeout = field.value;
         return;
+      case 'te':
+        if (field.value !== 'trailers') this.fBad ??= 'te other than "trailers"';
+        return;
+      case 'content-length':
+        if (!/^[0-9]{1,15}$/.test(field.value)) this.fBad ??= 'malformed content-length';
+        else this.fContentLength = Number(field.value);
+        return;
     }
+  };
+
+  private readonly onOther = (name: string): void => {
+    if (name.charCodeAt(0) === 0x3a) {
+      if (name === ':scheme') this.pseudo(PSEUDO_SCHEME);
+      else this.fBad ??= 'unknown or response pseudo-header field';
+      return;
+    }
+    this.fRegular = true;
+    if (!VALID_NAME.test(name)) this.fBad ??= 'invalid header field name (uppercase or not a token)';
+    else if (CONNECTION_SPECIFIC.has(name)) this.fBad ??= 'connection-specific header field';
+  };
+
+  private readonly decodeOptions: HpackDecodeOptions = {
+    maxListSize: LEAN_MAX_HEADER_LIST_SIZE,
+    onOther: this.onOther,
   };
 
   constructor(socket: Socket, shared: Shared) {
     this.socket = socket;
     this.shared = shared;
+    this.connRecvWindow = shared.connectionWindow;
     this.closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
     socket.on('error', (err) => shared.logger.debug('grpc connection error', { error: err.message }));
     socket.on('close', () => this.onClose());
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    this.send(SERVER_SETTINGS);
+    this.send(shared.settingsFrames);
   }
 
   // --- output ---
@@ -346,20 +562,87 @@ class Connection {
   private reset(stream: Stream, code: number): void {
     if (!stream.localEnded) {
       stream.localEnded = true;
+      stream.resetByUs = true;
       this.send(u32Frame(TYPE_RST_STREAM, stream.id, code));
     }
     this.release(stream);
   }
 
-  /** The stream no longer counts; drop its queued output. */
+  /** A stream error: RST_STREAM with the code; the call (if any) ends as INTERNAL. */
+  private streamError(stream: Stream, code: number, why: string): void {
+    if (!stream.localEnded) {
+      stream.localEnded = true;
+      stream.resetByUs = true;
+      this.send(u32Frame(TYPE_RST_STREAM, stream.id, code));
+    }
+    this.finish(stream, GRPC_CODE.INTERNAL, why);
+    this.release(stream);
+  }
+
+  /** A new stream we do not serve: RST_STREAM, remembered so its in-flight frames are ignored. */
+  private refuse(id: number, code: number, why: string): void {
+    this.send(u32Frame(TYPE_RST_STREAM, id, code));
+    this.rememberClosed(id, CLOSED_RESET_BY_US);
+    if (code !== REFUSED_STREAM) this.shared.logger.debug('grpc stream refused', { error: why, stream: id });
+  }
+
+  private rememberClosed(id: number, how: number): void {
+    const i = this.closedNext;
+    this.closedIds[i] = id;
+    this.closedHow[i] = how;
+    this.closedNext = i + 1 === CLOSED_RING ? 0 : i + 1;
+  }
+
+  private closedState(id: number): number {
+    for (let i = 0; i < CLOSED_RING; i++) if (this.closedIds[i] === id) return this.closedHow[i]!;
+    return CLOSED_UNKNOWN;
+  }
+
+  /** A cheap frame that carries no call: too many in one sweep interval is GOAWAY ENHANCE_YOUR_CALM. */
+  private strike(why: string): void {
+    if (++this.strikes > this.shared.limits.maxStrikes) throw new ConnectionError(ENHANCE_YOUR_CALM, why);
+  }
+
+  /** The stream leaves the table and drops its queued output; it stops counting once its handler ends. */
   private release(stream: Stream): void {
     if (!stream.open) return;
     stream.open = false;
-    stream.pending = undefined;
+    if (stream.pending !== undefined) {
+      // A response we could not deliver: the call did not succeed for the client.
+      stream.pending = undefined;
+      this.record(stream, GRPC_CODE.CANCELLED);
+    }
     stream.parts = undefined;
+    stream.prefix = undefined;
     this.blocked.delete(stream);
     this.streams.delete(stream.id);
+    this.rememberClosed(stream.id, stream.resetByUs ? CLOSED_RESET_BY_US : CLOSED_NORMALLY);
+    if (!stream.running) this.retire(stream);
     if (this.draining && this.streams.size === 0) this.end();
+  }
+
+  /** Closed and its handler is done: its request bytes go back to the client's connection window. */
+  private retire(stream: Stream): void {
+    if (stream.retired) return;
+    stream.retired = true;
+    this.active--;
+    this.consumed(stream.held);
+    stream.held = 0;
+  }
+
+  /**
+   * Bytes we no longer hold; credited to the client in batches of half the window, or at once when
+   * the client has less than half left (much of it held by calls still open).
+   */
+  private consumed(n: number): void {
+    if (n === 0) return;
+    this.connUnacked += n;
+    const half = this.shared.connectionWindow / 2;
+    if (this.connUnacked >= half || this.connRecvWindow <= half) {
+      this.send(u32Frame(TYPE_WINDOW_UPDATE, 0, this.connUnacked));
+      this.connRecvWindow += this.connUnacked;
+      this.connUnacked = 0;
+    }
   }
 
   /** Graceful: GOAWAY NO_ERROR with the last stream we accept; the socket ends once streams drain. */
@@ -367,27 +650,30 @@ class Connection {
     if (this.destroyed) return;
     if (!this.draining) {
       this.draining = true;
-      const payload = Buffer.alloc(8);
-      payload.writeUInt32BE(this.lastStreamId, 0);
-      payload.writeUInt32BE(NO_ERROR, 4);
-      this.send(controlFrame(TYPE_GOAWAY, 0, 0, payload));
+      this.send(goAwayFrame(this.lastStreamId, NO_ERROR, ''));
     }
     if (this.streams.size === 0) this.end();
+  }
+
+  /** Makes room for a new connection: close this idle one (see LEAN_MAX_CONNECTIONS). */
+  evict(): void {
+    this.shared.connections.delete(this);
+    this.shared.logger.debug('grpc connection evicted: the connection limit was reached');
+    if (!this.settingsSeen) this.destroy();
+    else this.goAway();
   }
 
   private end(): void {
     if (this.destroyed || this.socket.writableEnded) return;
     this.socket.end(() => this.destroy());
+    setTimeout(destroySocket, CLOSE_FLUSH_MS, this.socket).unref();
   }
 
   /** A connection error: GOAWAY with the code, then close. In-flight calls are cancelled. */
   private fail(code: number, message: string): void {
     if (this.destroyed) return;
     this.shared.logger.debug('grpc connection error', { error: message, code });
-    const payload = Buffer.alloc(8);
-    payload.writeUInt32BE(this.lastStreamId, 0);
-    payload.writeUInt32BE(code, 4);
-    this.send(controlFrame(TYPE_GOAWAY, 0, 0, payload));
+    this.send(goAwayFrame(this.lastStreamId, code, message));
     this.draining = true;
     this.destroy();
   }
@@ -401,7 +687,7 @@ class Connection {
     this.destroyed = true;
     // end() may still be flushing a GOAWAY: let it go out, then close.
     if (!this.socket.writableEnded) this.socket.end();
-    setTimeout(() => this.socket.destroy(), 100).unref();
+    setTimeout(destroySocket, 100, this.socket).unref();
     this.cancelAll('the connection closed before the call completed');
   }
 
@@ -416,6 +702,8 @@ class Connection {
     this.destroyed = true;
     this.shared.connections.delete(this);
     this.cancelAll('the connection closed before the call completed');
+    this.partial = null;
+    this.blockParts = [];
   }
 
   private cancelAll(message: string): void {
@@ -426,52 +714,111 @@ class Connection {
     }
   }
 
+  /** Called by the server's sweep timer once per interval: every coarse time limit lives here. */
+  sweep(): void {
+    if (this.destroyed) return;
+    const shared = this.shared;
+    this.strikes = 0;
+    if (!this.settingsSeen) {
+      if (++this.ageTicks > shared.prefaceTicks) {
+        shared.logger.debug('grpc connection closed: no HTTP/2 preface in time');
+        this.destroy();
+        return;
+      }
+    }
+    if (this.blockStream !== 0 && ++this.blockAge > shared.blockTicks) {
+      this.fail(ENHANCE_YOUR_CALM, 'header block not finished in time');
+      return;
+    }
+    if (this.active === 0) {
+      if (++this.idleTicks > shared.idleTicks && !this.draining) {
+        shared.logger.debug('grpc connection idle: GOAWAY');
+        this.goAway();
+      }
+    } else this.idleTicks = 0;
+    if (this.streams.size === 0) return;
+    for (const stream of this.streams.values()) {
+      if (stream.pending !== undefined) {
+        if (++stream.stallTicks > shared.sendTicks) {
+          shared.logger.debug('grpc response dropped: the client did not open its window in time', { stream: stream.id });
+          this.reset(stream, CANCEL);
+        }
+      } else if (!stream.finished && stream.timer === undefined && shared.tick - stream.bornTick > shared.callTicks) {
+        this.finish(stream, GRPC_CODE.DEADLINE_EXCEEDED, `the call exceeded the server's limit of ${shared.limits.defaultCallTimeoutMs} ms`);
+      }
+    }
+  }
+
   // --- input ---
 
   private onData(chunk: Buffer): void {
     if (this.destroyed) return;
-    let buf = chunk;
-    if (this.carry !== null) {
-      buf = Buffer.concat([this.carry, chunk]);
-      this.carry = null;
-    }
     let pos = 0;
+    const len = chunk.length;
     try {
-      if (!this.prefaceDone) {
-        const n = Math.min(PREFACE.length, buf.length);
-        if (buf.compare(PREFACE, 0, n, 0, n) !== 0) {
+      if (this.prefaceMatched < PREFACE.length) {
+        const n = Math.min(PREFACE.length - this.prefaceMatched, len);
+        if (chunk.compare(PREFACE, this.prefaceMatched, this.prefaceMatched + n, 0, n) !== 0) {
           this.shared.logger.debug('grpc connection without the HTTP/2 preface');
           this.destroyed = true;
           this.socket.destroy();
           return;
         }
-        if (buf.length < PREFACE.length) {
-          this.carry = buf;
-          return;
-        }
-        this.prefaceDone = true;
-        pos = PREFACE.length;
+        this.prefaceMatched += n;
+        pos = n;
+        if (this.prefaceMatched < PREFACE.length) return;
       }
-      const len = buf.length;
+      // First finish a frame split across reads.
+      if (this.headFill > 0 || this.partial !== null) {
+        pos = this.fillPartial(chunk, pos);
+        if (this.destroyed || (this.partial !== null || this.headFill > 0)) return;
+      }
       while (len - pos >= FRAME_HEADER) {
-        const length = (buf[pos]! << 16) | (buf[pos + 1]! << 8) | buf[pos + 2]!;
+        const length = (chunk[pos]! << 16) | (chunk[pos + 1]! << 8) | chunk[pos + 2]!;
         if (length > OUR_MAX_FRAME_SIZE) throw new ConnectionError(FRAME_SIZE_ERROR, `frame of ${length} bytes`);
         const end = pos + FRAME_HEADER + length;
         if (end > len) break;
-        const type = buf[pos + 3]!;
-        const flags = buf[pos + 4]!;
-        const id = buf.readUInt32BE(pos + 5) & 0x7fff_ffff;
-        this.onFrame(type, flags, id, buf.subarray(pos + FRAME_HEADER, end));
+        const id = chunk.readUInt32BE(pos + 5) & 0x7fff_ffff;
+        this.onFrame(chunk[pos + 3]!, chunk[pos + 4]!, id, chunk.subarray(pos + FRAME_HEADER, end));
         pos = end;
         if (this.destroyed) return;
       }
+      if (pos < len) this.fillPartial(chunk, pos);
     } catch (err) {
       if (err instanceof ConnectionError) return this.fail(err.code, err.message);
       if (err instanceof HpackError) return this.fail(COMPRESSION_ERROR, err.message);
       this.shared.logger.error('grpc connection failed', { error: (err as Error).message });
       return this.fail(INTERNAL_ERROR, 'internal error');
     }
-    if (pos < buf.length) this.carry = pos === 0 ? buf : Buffer.from(buf.subarray(pos));
+  }
+
+  /** Copies bytes of a split frame into head/partial; handles the frame once complete. Returns the new pos. */
+  private fillPartial(chunk: Buffer, pos: number): number {
+    const len = chunk.length;
+    if (this.partial === null) {
+      const n = Math.min(FRAME_HEADER - this.headFill, len - pos);
+      chunk.copy(this.head, this.headFill, pos, pos + n);
+      this.headFill += n;
+      pos += n;
+      if (this.headFill < FRAME_HEADER) return pos;
+      const length = (this.head[0]! << 16) | (this.head[1]! << 8) | this.head[2]!;
+      if (length > OUR_MAX_FRAME_SIZE) throw new ConnectionError(FRAME_SIZE_ERROR, `frame of ${length} bytes`);
+      this.partial = Buffer.allocUnsafe(FRAME_HEADER + length);
+      this.head.copy(this.partial, 0);
+      this.partialFill = FRAME_HEADER;
+      this.headFill = 0;
+    }
+    const frame = this.partial;
+    const n = Math.min(frame.length - this.partialFill, len - pos);
+    chunk.copy(frame, this.partialFill, pos, pos + n);
+    this.partialFill += n;
+    pos += n;
+    if (this.partialFill < frame.length) return pos;
+    this.partial = null;
+    this.partialFill = 0;
+    const id = frame.readUInt32BE(5) & 0x7fff_ffff;
+    this.onFrame(frame[3]!, frame[4]!, id, frame.subarray(FRAME_HEADER));
+    return pos;
   }
 
   private onFrame(type: number, flags: number, id: number, payload: Buffer): void {
@@ -496,6 +843,7 @@ class Connection {
       case TYPE_PING:
         if (id !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'PING on a stream');
         if (payload.length !== 8) throw new ConnectionError(FRAME_SIZE_ERROR, 'PING of the wrong size');
+        this.strike('too_many_pings');
         if ((flags & FLAG_ACK) === 0) this.send(controlFrame(TYPE_PING, FLAG_ACK, 0, payload));
         return;
       case TYPE_WINDOW_UPDATE:
@@ -505,11 +853,13 @@ class Connection {
         if (payload.length !== 4) throw new ConnectionError(FRAME_SIZE_ERROR, 'RST_STREAM of the wrong size');
         if (id > this.lastStreamId) throw new ConnectionError(PROTOCOL_ERROR, 'RST_STREAM on an idle stream');
         const stream = this.streams.get(id);
-        if (stream !== undefined) {
-          stream.localEnded = true;
-          this.finish(stream, GRPC_CODE.CANCELLED, 'the client cancelled the call');
-          this.release(stream);
+        if (stream === undefined) {
+          if (this.closedState(id) !== CLOSED_RESET_BY_US) this.strike('too many frames on closed streams');
+          return;
         }
+        stream.localEnded = true;
+        this.finish(stream, GRPC_CODE.CANCELLED, 'the client cancelled the call');
+        this.release(stream);
         return;
       }
       case TYPE_GOAWAY:
@@ -520,23 +870,24 @@ class Connection {
         return;
       case TYPE_PRIORITY:
         if (id === 0) throw new ConnectionError(PROTOCOL_ERROR, 'PRIORITY on stream 0');
+        this.strike('too many PRIORITY frames');
         if (payload.length !== 5) {
           const stream = this.streams.get(id);
-          if (stream !== undefined) {
-            this.finish(stream, GRPC_CODE.INTERNAL, 'malformed PRIORITY frame');
-            this.reset(stream, FRAME_SIZE_ERROR);
-          } else this.send(u32Frame(TYPE_RST_STREAM, id, FRAME_SIZE_ERROR));
+          if (stream !== undefined) this.streamError(stream, FRAME_SIZE_ERROR, 'malformed PRIORITY frame');
+          else this.send(u32Frame(TYPE_RST_STREAM, id, FRAME_SIZE_ERROR));
         }
         return;
       case TYPE_PUSH_PROMISE:
         throw new ConnectionError(PROTOCOL_ERROR, 'PUSH_PROMISE from a client');
       default:
-        return; // unknown frame types are ignored
+        // Unknown frame types are ignored (RFC 9113 §5.5), but they are not free.
+        return this.strike('too many frames of unknown types');
     }
   }
 
   private onSettings(flags: number, id: number, payload: Buffer): void {
     if (id !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'SETTINGS on a stream');
+    this.strike('too many SETTINGS frames');
     if ((flags & FLAG_ACK) !== 0) {
       if (payload.length !== 0) throw new ConnectionError(FRAME_SIZE_ERROR, 'SETTINGS ACK with a payload');
       return;
@@ -578,6 +929,7 @@ class Connection {
   private onWindowUpdate(id: number, payload: Buffer): void {
     if (payload.length !== 4) throw new ConnectionError(FRAME_SIZE_ERROR, 'WINDOW_UPDATE of the wrong size');
     const increment = payload.readUInt32BE(0) & 0x7fff_ffff;
+    if (increment < SMALL_WINDOW_UPDATE) this.strike('too many small WINDOW_UPDATE frames');
     if (id === 0) {
       if (increment === 0) throw new ConnectionError(PROTOCOL_ERROR, 'WINDOW_UPDATE of 0');
       this.connSendWindow += increment;
@@ -588,18 +940,12 @@ class Connection {
     const stream = this.streams.get(id);
     if (stream === undefined) {
       if (id > this.lastStreamId) throw new ConnectionError(PROTOCOL_ERROR, 'WINDOW_UPDATE on an idle stream');
-      return;
+      return; // a closed stream: allowed in flight (RFC 9113 §5.1)
     }
-    if (increment === 0) {
-      this.finish(stream, GRPC_CODE.INTERNAL, 'WINDOW_UPDATE of 0');
-      return this.reset(stream, PROTOCOL_ERROR);
-    }
+    if (increment === 0) return this.streamError(stream, PROTOCOL_ERROR, 'WINDOW_UPDATE of 0');
     stream.sendWindow += increment;
-    if (stream.sendWindow > MAX_WINDOW) {
-      this.finish(stream, GRPC_CODE.INTERNAL, 'stream window overflow');
-      return this.reset(stream, FLOW_CONTROL_ERROR);
-    }
-    if (stream.pending !== undefined) this.flushBlocked();
+    if (stream.sendWindow > MAX_WINDOW) return this.streamError(stream, FLOW_CONTROL_ERROR, 'stream window overflow');
+    if (stream.pending !== undefined) this.flushStream(stream);
   }
 
   private onHeaders(flags: number, id: number, payload: Buffer): void {
@@ -622,23 +968,29 @@ class Connection {
     }
     const fragment = payload.subarray(start, end);
     if ((flags & FLAG_END_HEADERS) !== 0) return this.onHeaderBlock(id, flags, fragment);
+    if (fragment.length > LEAN_MAX_HEADER_LIST_SIZE) throw new ConnectionError(ENHANCE_YOUR_CALM, 'header block too large');
     this.blockStream = id;
     this.blockFlags = flags;
     this.blockParts = [Buffer.from(fragment)];
     this.blockSize = fragment.length;
+    this.blockFrames = 0;
+    this.blockAge = 0;
   }
 
   private onContinuation(flags: number, id: number, payload: Buffer): void {
     if (this.blockStream === 0 || id !== this.blockStream) {
       throw new ConnectionError(PROTOCOL_ERROR, 'unexpected CONTINUATION');
     }
+    if (++this.blockFrames > this.shared.limits.maxContinuationFrames) {
+      throw new ConnectionError(ENHANCE_YOUR_CALM, 'too many CONTINUATION frames');
+    }
     this.blockSize += payload.length;
     if (this.blockSize > LEAN_MAX_HEADER_LIST_SIZE) {
       throw new ConnectionError(ENHANCE_YOUR_CALM, 'header block too large');
     }
-    this.blockParts.push(Buffer.from(payload));
+    if (payload.length > 0) this.blockParts.push(Buffer.from(payload));
     if ((flags & FLAG_END_HEADERS) === 0) return;
-    const block = Buffer.concat(this.blockParts, this.blockSize);
+    const block = this.blockParts.length === 1 ? this.blockParts[0]! : Buffer.concat(this.blockParts, this.blockSize);
     const streamFlags = this.blockFlags;
     this.blockStream = 0;
     this.blockParts = [];
@@ -649,47 +1001,63 @@ class Connection {
   private onHeaderBlock(id: number, flags: number, block: Buffer): void {
     if (block.length > LEAN_MAX_HEADER_LIST_SIZE) throw new ConnectionError(ENHANCE_YOUR_CALM, 'header block too large');
     this.fMethod = this.fPath = this.fAuthority = this.fHost = this.fContentType = this.fTimeout = undefined;
+    this.fContentLength = -1;
+    this.fPseudo = 0;
+    this.fRegular = false;
+    this.fBad = undefined;
+    const existing = this.streams.get(id);
+    this.fTrailers = existing !== undefined;
     // Always decoded, even for a stream we refuse: the HPACK table must stay in step with the client.
-    this.decoder.decode(block, this.onField);
+    const withinLimit = this.decoder.decode(block, this.onField, this.decodeOptions);
     const endStream = (flags & FLAG_END_STREAM) !== 0;
 
-    const existing = this.streams.get(id);
-    if (existing !== undefined || id <= this.lastStreamId) {
+    if (existing !== undefined) {
       // Trailers from the client (unary clients send none, but they are legal): they end the stream.
-      if (existing === undefined) {
-        if (endStream) return; // a stream we already answered or reset
-        throw new ConnectionError(STREAM_CLOSED, 'HEADERS on a closed stream');
-      }
-      if (existing.remoteEnded) throw new ConnectionError(STREAM_CLOSED, 'HEADERS after END_STREAM');
-      if (!endStream) {
-        this.finish(existing, GRPC_CODE.INTERNAL, 'trailers without END_STREAM');
-        return this.reset(existing, PROTOCOL_ERROR);
-      }
+      if (existing.remoteEnded) return this.streamError(existing, STREAM_CLOSED, 'HEADERS after END_STREAM');
+      if (!endStream) return this.streamError(existing, PROTOCOL_ERROR, 'trailers without END_STREAM');
+      if (!withinLimit) return this.streamError(existing, PROTOCOL_ERROR, 'trailers over the header list limit');
+      if (this.fBad !== undefined) return this.streamError(existing, PROTOCOL_ERROR, this.fBad);
       return this.onEnd(existing);
+    }
+    if (id <= this.lastStreamId) {
+      // RFC 9113 §5.1: frames the client sent before seeing our RST_STREAM are ignored; HEADERS on
+      // any other closed stream (or a lower, skipped id: implicitly closed, §5.1.1) is an error.
+      const how = this.closedState(id);
+      if (how === CLOSED_RESET_BY_US) return;
+      throw new ConnectionError(how === CLOSED_NORMALLY ? STREAM_CLOSED : PROTOCOL_ERROR, 'HEADERS on a closed stream');
     }
     if ((id & 1) === 0) throw new ConnectionError(PROTOCOL_ERROR, 'a client stream with an even id');
     this.lastStreamId = id;
-    if (this.draining) {
-      this.send(u32Frame(TYPE_RST_STREAM, id, REFUSED_STREAM));
-      return;
+    if (!withinLimit) {
+      this.strike('too many refused streams');
+      return this.refuse(id, PROTOCOL_ERROR, 'decoded header list over the limit');
     }
-    if (this.streams.size >= LEAN_MAX_CONCURRENT_STREAMS) {
-      this.send(u32Frame(TYPE_RST_STREAM, id, REFUSED_STREAM));
-      return;
+    if (this.fBad !== undefined) {
+      this.strike('too many refused streams');
+      return this.refuse(id, PROTOCOL_ERROR, this.fBad);
     }
-    if (this.fMethod === undefined || this.fPath === undefined) {
-      this.send(u32Frame(TYPE_RST_STREAM, id, PROTOCOL_ERROR));
-      return;
+    const required = PSEUDO_METHOD | PSEUDO_SCHEME | PSEUDO_PATH;
+    if ((this.fPseudo & required) !== required || this.fPath === '') {
+      this.strike('too many refused streams');
+      return this.refuse(id, PROTOCOL_ERROR, 'a required pseudo-header field is missing or empty');
+    }
+    // Not a strike: the client cannot see handlers still running for streams it reset, which count.
+    if (this.draining || this.active >= this.shared.limits.maxConcurrentStreams) {
+      return this.refuse(id, REFUSED_STREAM, 'refused');
     }
     this.openStream(id, endStream);
   }
 
   private openStream(id: number, endStream: boolean): void {
-    const { handlers } = this.shared;
+    const { handlers, limits } = this.shared;
     const stream = new Stream(id, this, this.peerInitialWindow);
     stream.started = performance.now();
+    stream.bornTick = this.shared.tick;
     stream.remoteEnded = endStream;
+    stream.contentLength = this.fContentLength;
     this.streams.set(id, stream);
+    this.active++;
+    this.idleTicks = 0;
     const path = this.fPath!;
     const handler = handlers.get(path);
     stream.method = path;
@@ -707,11 +1075,11 @@ class Connection {
       return this.finish(stream, GRPC_CODE.UNIMPLEMENTED, `unknown method ${path.slice(0, 200)}`);
     }
     if (this.fTimeout !== undefined) {
-      const ms = parseGrpcTimeout(this.fTimeout);
-      if (ms === undefined) return this.finish(stream, GRPC_CODE.INVALID_ARGUMENT, 'malformed grpc-timeout');
+      const asked = parseGrpcTimeout(this.fTimeout);
+      if (asked === undefined) return this.finish(stream, GRPC_CODE.INVALID_ARGUMENT, 'malformed grpc-timeout');
+      const ms = Math.min(asked, limits.maxCallTimeoutMs);
       stream.deadline = Date.now() + ms;
-      // Beyond setTimeout's range (~24.8 days) Node would fire at once; such a deadline never matters.
-      if (ms <= MAX_TIMER_MS) stream.timer = setTimeout(onDeadline, ms, stream);
+      stream.timer = setTimeout(onDeadline, ms, stream);
     }
     stream.authority = decodeAuthority(this.fAuthority ?? this.fHost ?? '');
     if (endStream) this.onEnd(stream);
@@ -723,10 +1091,6 @@ class Connection {
     // Connection flow control counts every DATA byte, including padding and frames for dead streams.
     this.connRecvWindow -= flowLength;
     if (this.connRecvWindow < 0) throw new ConnectionError(FLOW_CONTROL_ERROR, 'connection window exceeded');
-    if (this.connRecvWindow <= OUR_CONNECTION_WINDOW / 2) {
-      this.send(u32Frame(TYPE_WINDOW_UPDATE, 0, OUR_CONNECTION_WINDOW - this.connRecvWindow));
-      this.connRecvWindow = OUR_CONNECTION_WINDOW;
-    }
     let start = 0;
     let end = flowLength;
     if ((flags & FLAG_PADDED) !== 0) {
@@ -739,17 +1103,23 @@ class Connection {
     const stream = this.streams.get(id);
     if (stream === undefined) {
       if (id > this.lastStreamId) throw new ConnectionError(PROTOCOL_ERROR, 'DATA on an idle stream');
-      return; // a stream we already answered or reset
+      this.consumed(flowLength);
+      // In flight before our RST_STREAM: ignored. Otherwise the client writes to a closed stream.
+      if (this.closedState(id) === CLOSED_RESET_BY_US) return;
+      this.strike('too many frames on closed streams');
+      this.send(u32Frame(TYPE_RST_STREAM, id, STREAM_CLOSED));
+      return;
     }
     if (stream.remoteEnded) {
-      this.finish(stream, GRPC_CODE.INTERNAL, 'DATA after END_STREAM');
-      return this.reset(stream, STREAM_CLOSED);
+      this.consumed(flowLength);
+      return this.streamError(stream, STREAM_CLOSED, 'DATA after END_STREAM');
     }
+    stream.held += flowLength;
     stream.recvWindow -= flowLength;
-    if (stream.recvWindow < 0) {
-      this.finish(stream, GRPC_CODE.INTERNAL, 'stream flow-control window exceeded');
-      return this.reset(stream, FLOW_CONTROL_ERROR);
-    }
+    if (stream.recvWindow < 0) return this.streamError(stream, FLOW_CONTROL_ERROR, 'stream flow-control window exceeded');
+    const endStream = (flags & FLAG_END_STREAM) !== 0;
+    if (end === start && !endStream) this.strike('too many empty DATA frames');
+    stream.dataBytes += end - start;
     if (!stream.finished) {
       if (end > start) this.onBody(stream, payload, start, end);
       if (!stream.finished && !stream.complete && stream.recvWindow <= DEFAULT_WINDOW / 2) {
@@ -757,7 +1127,7 @@ class Connection {
         stream.recvWindow = DEFAULT_WINDOW;
       }
     }
-    if ((flags & FLAG_END_STREAM) !== 0) this.onEnd(stream);
+    if (endStream) this.onEnd(stream);
   }
 
   /** Request body: exactly one message, never more than the declared (and capped) length. */
@@ -798,11 +1168,12 @@ class Connection {
     const take = Math.min(stream.expected - stream.have, end - off);
     if (take > 0) {
       const part = chunk.subarray(off, off + take);
-      if (stream.parts === undefined) {
-        // The common case: the whole message in one frame, kept as a view of the socket chunk.
-        if (take === stream.expected) stream.message = part;
-        else stream.parts = [Buffer.from(part)];
-      } else stream.parts.push(Buffer.from(part));
+      if (stream.parts === undefined && take === stream.expected) {
+        // The common case: the whole message in one frame. Kept as a view of the socket chunk, unless
+        // that would pin a read buffer much larger than the message.
+        stream.message = part.buffer.byteLength > 2 * take + 4096 ? Buffer.from(part) : part;
+      } else if (stream.parts === undefined) stream.parts = [Buffer.from(part)];
+      else stream.parts.push(Buffer.from(part));
     }
     stream.have += take;
     if (stream.have === stream.expected) stream.complete = true;
@@ -816,6 +1187,9 @@ class Connection {
     if (stream.finished) {
       if (stream.localEnded) this.release(stream);
       return;
+    }
+    if (stream.contentLength >= 0 && stream.dataBytes !== stream.contentLength) {
+      return this.streamError(stream, PROTOCOL_ERROR, 'DATA length differs from content-length');
     }
     if (!stream.complete) {
       const why = stream.expected < 0 && stream.prefix === undefined ? 'no request message' : 'truncated request message';
@@ -835,13 +1209,22 @@ class Connection {
     } catch (err) {
       return this.failed(stream, err);
     }
+    stream.running = true;
     result.then(
       (response) => this.succeeded(stream, response),
       (err: unknown) => this.failed(stream, err),
     );
   }
 
+  /** The handler has settled: if the stream already closed, it stops counting now. */
+  private settled(stream: Stream): void {
+    if (!stream.running) return;
+    stream.running = false;
+    if (!stream.open) this.retire(stream);
+  }
+
   private succeeded(stream: Stream, response: Uint8Array): void {
+    this.settled(stream);
     if (stream.finished) return;
     if (!(response instanceof Uint8Array)) {
       return this.failed(stream, new TypeError('the handler did not return bytes'));
@@ -869,51 +1252,65 @@ class Connection {
       this.connSendWindow -= size;
       stream.localEnded = true;
       this.send(out);
+      this.record(stream, GRPC_CODE.OK);
       this.release(stream);
-    } else {
-      const head = Buffer.allocUnsafe(FRAME_HEADER + RESPONSE_HEADERS_BLOCK.length);
-      writeFrameHeader(head, 0, RESPONSE_HEADERS_BLOCK.length, TYPE_HEADERS, FLAG_END_HEADERS, stream.id);
-      RESPONSE_HEADERS_BLOCK.copy(head, FRAME_HEADER);
-      this.send(head);
-      stream.headersSent = true;
-      const body = Buffer.allocUnsafe(size);
-      body[0] = 0;
-      body.writeUInt32BE(response.length, 1);
-      body.set(response, MESSAGE_PREFIX);
-      stream.pending = body;
-      this.blocked.add(stream);
-      this.flushBlocked();
+      return;
     }
-    this.record(stream, GRPC_CODE.OK);
+    const head = Buffer.allocUnsafe(FRAME_HEADER + RESPONSE_HEADERS_BLOCK.length);
+    writeFrameHeader(head, 0, RESPONSE_HEADERS_BLOCK.length, TYPE_HEADERS, FLAG_END_HEADERS, stream.id);
+    RESPONSE_HEADERS_BLOCK.copy(head, FRAME_HEADER);
+    this.send(head);
+    stream.headersSent = true;
+    const body = Buffer.allocUnsafe(size);
+    body[0] = 0;
+    body.writeUInt32BE(response.length, 1);
+    body.set(response, MESSAGE_PREFIX);
+    // Recorded once the trailers go out (or as CANCELLED if the response is dropped). The request
+    // is not needed any more while the response waits.
+    stream.message = EMPTY;
+    stream.pending = body;
+    this.blocked.add(stream);
+    this.flushStream(stream);
   }
 
-  /** Sends as much queued response data as the windows allow; trailers once a body is complete. */
+  /** Sends as much of every queued response as the windows allow. */
   private flushBlocked(): void {
     for (const stream of this.blocked) {
       if (this.connSendWindow <= 0) return;
-      let body = stream.pending!;
-      while (body.length > 0 && stream.sendWindow > 0 && this.connSendWindow > 0) {
-        const n = Math.min(body.length, stream.sendWindow, this.connSendWindow, this.peerMaxFrameSize);
-        const out = Buffer.allocUnsafe(FRAME_HEADER + n);
-        writeFrameHeader(out, 0, n, TYPE_DATA, 0, stream.id);
-        body.copy(out, FRAME_HEADER, 0, n);
-        this.send(out);
-        body = body.subarray(n);
-        stream.sendWindow -= n;
-        this.connSendWindow -= n;
-      }
-      stream.pending = body;
-      if (body.length === 0) {
-        const tail = Buffer.from(OK_TAIL);
-        tail.writeUInt32BE(stream.id, 5);
-        stream.localEnded = true;
-        this.send(tail);
-        this.release(stream);
-      }
+      this.flushStream(stream);
+    }
+  }
+
+  /** Sends as much of one queued response as the windows allow; the trailers once the body is out. */
+  private flushStream(stream: Stream): void {
+    let body = stream.pending!;
+    const before = body.length;
+    while (body.length > 0 && stream.sendWindow > 0 && this.connSendWindow > 0) {
+      const n = Math.min(body.length, stream.sendWindow, this.connSendWindow, this.peerMaxFrameSize);
+      const out = Buffer.allocUnsafe(FRAME_HEADER + n);
+      writeFrameHeader(out, 0, n, TYPE_DATA, 0, stream.id);
+      body.copy(out, FRAME_HEADER, 0, n);
+      this.send(out);
+      body = body.subarray(n);
+      stream.sendWindow -= n;
+      this.connSendWindow -= n;
+    }
+    if (body.length < before) stream.stallTicks = 0;
+    stream.pending = body;
+    if (body.length === 0) {
+      const tail = Buffer.from(OK_TAIL);
+      tail.writeUInt32BE(stream.id, 5);
+      stream.localEnded = true;
+      stream.pending = undefined;
+      this.send(tail);
+      this.record(stream, GRPC_CODE.OK);
+      this.release(stream);
     }
   }
 
   private failed(stream: Stream, err: unknown): void {
+    this.settled(stream);
+    if (stream.finished) return;
     if (err instanceof GrpcStatusError && err.code !== GRPC_CODE.OK) {
       return this.finish(stream, err.code, err.message);
     }
@@ -941,7 +1338,10 @@ class Connection {
           this.sendHeaderBlock(stream.id, errorBlock(code, message), FLAG_END_STREAM);
           stream.localEnded = true;
           // The client may still be sending: reset its half so nothing more is read.
-          if (!stream.remoteEnded) this.send(u32Frame(TYPE_RST_STREAM, stream.id, NO_ERROR));
+          if (!stream.remoteEnded) {
+            stream.resetByUs = true;
+            this.send(u32Frame(TYPE_RST_STREAM, stream.id, NO_ERROR));
+          }
           this.release(stream);
         }
       }
@@ -975,25 +1375,93 @@ class Connection {
   }
 }
 
-export function createLeanGrpcServer(options: GrpcServerOptions): GrpcServer {
+function destroySocket(socket: Socket): void {
+  socket.destroy();
+}
+
+/** GOAWAY with the last stream id, the code and (for errors) a short ASCII reason as debug data. */
+function goAwayFrame(lastStreamId: number, code: number, debug: string): Buffer {
+  const text = Buffer.from(debug.slice(0, 64), 'latin1');
+  const out = Buffer.allocUnsafe(FRAME_HEADER + 8 + text.length);
+  writeFrameHeader(out, 0, 8 + text.length, TYPE_GOAWAY, 0, 0);
+  out.writeUInt32BE(lastStreamId, FRAME_HEADER);
+  out.writeUInt32BE(code, FRAME_HEADER + 4);
+  text.copy(out, FRAME_HEADER + 8);
+  return out;
+}
+
+/**
+ * The lean transport. `limits` overrides LEAN_LIMITS (tests use short timeouts; production uses the
+ * defaults, which docs/grpc.md explains).
+ */
+export function createLeanGrpcServer(options: GrpcServerOptions, limitsOverride: Partial<LeanLimits> = {}): GrpcServer {
+  const limits: LeanLimits = { ...LEAN_LIMITS, ...limitsOverride };
   const connections = new Set<Connection>();
+  // The window must fit a few messages of the largest size, or a max-size request could never finish.
+  const connectionWindow = Math.min(
+    MAX_WINDOW,
+    Math.max(limits.connectionWindow, 4 * (options.maxMessageBytes + MESSAGE_PREFIX), DEFAULT_WINDOW),
+  );
+  const every = limits.sweepIntervalMs;
   const shared: Shared = {
     handlers: options.handlers,
     maxMessageBytes: options.maxMessageBytes,
     onCall: options.onCall,
     logger: options.logger ?? silentLogger,
     connections,
+    limits,
+    connectionWindow,
+    settingsFrames: serverSettings(limits, connectionWindow),
+    prefaceTicks: ticksFor(limits.prefaceTimeoutMs, every),
+    idleTicks: ticksFor(limits.idleTimeoutMs, every),
+    blockTicks: ticksFor(limits.headerBlockTimeoutMs, every),
+    callTicks: ticksFor(limits.defaultCallTimeoutMs, every),
+    sendTicks: ticksFor(limits.sendTimeoutMs, every),
+    tick: 0,
   };
   let closing = false;
+  let sweeper: NodeJS.Timeout | undefined;
+
+  function sweep(): void {
+    shared.tick++;
+    for (const c of connections) c.sweep();
+    if (connections.size === 0) {
+      clearInterval(sweeper);
+      sweeper = undefined;
+    }
+  }
+
+  /** At the cap: the connection idle longest makes room; none idle means the newcomer is refused. */
+  function makeRoom(): boolean {
+    // Half-open connections (no preface yet) go first, then the one idle longest.
+    let victim: Connection | undefined;
+    let worst = -1;
+    for (const c of connections) {
+      if (c.active > 0) continue;
+      const score = (c.settingsSeen ? 0 : 1e9) + c.idleTicks;
+      if (score > worst) {
+        worst = score;
+        victim = c;
+      }
+    }
+    if (victim === undefined) return false;
+    victim.evict();
+    return true;
+  }
 
   return {
     handleConnection(socket) {
-      if (closing) {
+      if (closing || (connections.size >= limits.maxConnections && !makeRoom())) {
+        if (!closing) shared.logger.warn('grpc connection refused: every connection is busy', { limit: limits.maxConnections });
         socket.on('error', () => {});
         socket.destroy();
         return;
       }
       connections.add(new Connection(socket, shared));
+      if (sweeper === undefined) {
+        sweeper = setInterval(sweep, every);
+        sweeper.unref();
+      }
     },
 
     async close(graceMs) {

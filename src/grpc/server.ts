@@ -28,6 +28,8 @@ export interface UnaryCall {
   readonly deadline: number | undefined;
   /** Aborted when the deadline passes, the client cancels, or the server is destroyed. */
   readonly signal: AbortSignal;
+  /** Why `signal` was (or would be) aborted, read without creating it; undefined while the call runs. */
+  readonly abortReason: GrpcStatusError | undefined;
 }
 
 export type UnaryHandler = (call: UnaryCall) => Promise<Uint8Array>;

@@ -80,7 +80,8 @@ interface Handled {
   readonly keyID?: string;
 }
 
-type Handler = (message: Buffer) => Promise<Handled>;
+/** `call` is passed on to the service as its CallOptions: its signal is created only if a backend reads it. */
+type Handler = (message: Buffer, call: UnaryCall) => Promise<Handled>;
 
 function loggableUID(uid: string): string {
   return uid.length > UID_LOG_MAX ? uid.slice(0, UID_LOG_MAX) + '…' : uid;
@@ -99,14 +100,14 @@ function handlersFor(service: KmsService): Record<string, Handler> {
         }),
       };
     },
-    [v1.V1BETA1_METHODS.encrypt]: async (m) => {
+    [v1.V1BETA1_METHODS.encrypt]: async (m, call) => {
       const req = v1.EncryptRequest.decode(m);
-      const cipher = await service.encryptV1(req.version, req.plain);
+      const cipher = await service.encryptV1(req.version, req.plain, call);
       return { response: v1.EncryptResponse.encode({ cipher }) };
     },
-    [v1.V1BETA1_METHODS.decrypt]: async (m) => {
+    [v1.V1BETA1_METHODS.decrypt]: async (m, call) => {
       const req = v1.DecryptRequest.decode(m);
-      const plain = await service.decryptV1(req.version, req.cipher);
+      const plain = await service.decryptV1(req.version, req.cipher, call);
       return { response: v1.DecryptResponse.encode({ plain }) };
     },
     [v2.V2_METHODS.status]: async (m) => {
@@ -121,9 +122,9 @@ function handlersFor(service: KmsService): Record<string, Handler> {
         keyID: s.keyID,
       };
     },
-    [v2.V2_METHODS.encrypt]: async (m) => {
+    [v2.V2_METHODS.encrypt]: async (m, call) => {
       const req = v2.EncryptRequest.decode(m);
-      const r = await service.encrypt(req.plaintext, req.uid);
+      const r = await service.encrypt(req.plaintext, req.uid, call);
       return {
         response: v2.EncryptResponse.encode({
           ciphertext: r.ciphertext,
@@ -134,14 +135,17 @@ function handlersFor(service: KmsService): Record<string, Handler> {
         keyID: r.keyID,
       };
     },
-    [v2.V2_METHODS.decrypt]: async (m) => {
+    [v2.V2_METHODS.decrypt]: async (m, call) => {
       const req = v2.DecryptRequest.decode(m);
-      const plaintext = await service.decrypt({
-        ciphertext: req.ciphertext,
-        uid: req.uid,
-        keyID: req.key_id,
-        annotations: req.annotations,
-      });
+      const plaintext = await service.decrypt(
+        {
+          ciphertext: req.ciphertext,
+          uid: req.uid,
+          keyID: req.key_id,
+          annotations: req.annotations,
+        },
+        call,
+      );
       return {
         response: v2.DecryptResponse.encode({ plaintext }),
         uid: req.uid,
@@ -163,6 +167,9 @@ function levelFor(method: string, code: GrpcCode): 'debug' | 'info' | 'warn' | '
     GRPC_CODE.NOT_FOUND,
     GRPC_CODE.FAILED_PRECONDITION,
     GRPC_CODE.RESOURCE_EXHAUSTED,
+    // The client gave up (or its deadline passed) before the answer: not a fault of ours.
+    GRPC_CODE.CANCELLED,
+    GRPC_CODE.DEADLINE_EXCEEDED,
   ];
   return clientSide.includes(code) ? 'warn' : 'error';
 }
@@ -177,13 +184,16 @@ export function createKmsHandlers(service: KmsService, logger: Logger): Map<stri
       let code: GrpcCode = GRPC_CODE.OK;
       let failure: GrpcStatusError | undefined;
       try {
-        handled = await handle(call.message);
+        handled = await handle(call.message, call);
+        // Cancelled meanwhile (client reset, deadline, connection closed): the answer goes nowhere.
+        if (call.abortReason !== undefined) failure = call.abortReason;
         return handled.response;
       } catch (err) {
-        failure = toGrpcStatus(err);
-        code = failure.code;
+        // A backend call stopped by the cancellation fails too: report why it was cancelled.
+        failure = call.abortReason ?? toGrpcStatus(err);
         throw failure;
       } finally {
+        if (failure !== undefined) code = failure.code;
         const uid = handled?.uid ?? peekUID(method, call.message);
         logger[levelFor(method, code)]('kms call', {
           method,

@@ -89,13 +89,21 @@ export interface SelfTestState {
   readonly reason: string;
 }
 
+/**
+ * Per-call context: `signal` is aborted when the caller gives up, and handed to the backend. Pass an
+ * object whose `signal` is a getter (the gRPC call is one) so it is only created if a backend reads it.
+ */
+export interface CallOptions {
+  readonly signal?: AbortSignal;
+}
+
 export interface KmsService {
   version(requestVersion: string): VersionResult;
-  encryptV1(requestVersion: string, plain: Uint8Array): Promise<Buffer>;
-  decryptV1(requestVersion: string, cipher: Uint8Array): Promise<Buffer>;
+  encryptV1(requestVersion: string, plain: Uint8Array, call?: CallOptions): Promise<Buffer>;
+  decryptV1(requestVersion: string, cipher: Uint8Array, call?: CallOptions): Promise<Buffer>;
   status(): Promise<StatusResult>;
-  encrypt(plaintext: Uint8Array, uid: string): Promise<EncryptResult>;
-  decrypt(input: DecryptInput): Promise<Buffer>;
+  encrypt(plaintext: Uint8Array, uid: string, call?: CallOptions): Promise<EncryptResult>;
+  decrypt(input: DecryptInput, call?: CallOptions): Promise<Buffer>;
   /** Runs one wrap/unwrap round trip now and records the result. */
   selfTest(): Promise<SelfTestState>;
   selfTestState(): SelfTestState;
@@ -207,10 +215,21 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     return { healthy, lastRunMs, lastSuccessMs, reason: healthy ? V2_HEALTHZ_OK : reason };
   }
 
-  async function wrapChecked(plaintext: Uint8Array, uid: string): Promise<EncryptResult> {
+  async function wrapChecked(
+    plaintext: Uint8Array,
+    uid: string,
+    call?: CallOptions,
+  ): Promise<EncryptResult> {
     // v2: annotations are stored next to the ciphertext and handed back on Decrypt.
     const wrapped = await timed('wrap', () =>
-      backend.wrap({ plaintext, uid, annotationsAllowed: true }),
+      backend.wrap({
+        plaintext,
+        uid,
+        annotationsAllowed: true,
+        get signal() {
+          return call?.signal;
+        },
+      }),
     );
     const annotations = wrapped.annotations ?? {};
     const keyIDBytes = Buffer.byteLength(wrapped.keyID, 'utf8');
@@ -304,18 +323,32 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
       };
     },
 
-    async encryptV1(requestVersion, plain) {
+    async encryptV1(requestVersion, plain, call) {
       checkV1Version(requestVersion);
       if (plain.length === 0) throw requestInvalid('plain is empty; nothing to encrypt');
-      const wrapped = await timed('wrap', () => backend.wrap({ plaintext: plain }));
+      const wrapped = await timed('wrap', () =>
+        backend.wrap({
+          plaintext: plain,
+          get signal() {
+            return call?.signal;
+          },
+        }),
+      );
       noteKeyID(wrapped.keyID);
       return wrapped.ciphertext;
     },
 
-    async decryptV1(requestVersion, cipher) {
+    async decryptV1(requestVersion, cipher, call) {
       checkV1Version(requestVersion);
       if (cipher.length === 0) throw requestInvalid('cipher is empty; nothing to decrypt');
-      return timed('unwrap', () => backend.unwrap({ ciphertext: cipher }));
+      return timed('unwrap', () =>
+        backend.unwrap({
+          ciphertext: cipher,
+          get signal() {
+            return call?.signal;
+          },
+        }),
+      );
     },
 
     async status() {
@@ -324,12 +357,12 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
       return { version: statusVersion, healthz: state().reason, keyID };
     },
 
-    async encrypt(plaintext, uid) {
+    async encrypt(plaintext, uid, call) {
       if (plaintext.length === 0) throw requestInvalid('plaintext is empty; nothing to encrypt');
-      return wrapChecked(plaintext, uid);
+      return wrapChecked(plaintext, uid, call);
     },
 
-    async decrypt(input) {
+    async decrypt(input, call) {
       if (input.ciphertext.length === 0)
         throw requestInvalid('ciphertext is empty; nothing to decrypt');
       if (input.keyID.length === 0) throw requestInvalid('key_id is empty');
@@ -339,6 +372,9 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
           keyID: input.keyID,
           annotations: input.annotations,
           uid: input.uid,
+          get signal() {
+            return call?.signal;
+          },
         }),
       );
     },
