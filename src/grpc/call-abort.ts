@@ -1,4 +1,4 @@
-// The AbortSignal a unary handler sees, shared by both server transports. Created only when a
+// The AbortSignal a unary handler sees (lean-server.ts). Created only when a
 // handler reads `signal` (most never do), so an ordinary call allocates no AbortController.
 
 import type { GrpcStatusError } from './status.js';
