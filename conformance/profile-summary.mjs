@@ -13,8 +13,9 @@ const parent = new Map();
 for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
 const where = (n) => n.callFrame.url.split('/').slice(-2).join('/') || n.callFrame.functionName;
 
-// Steady state starts at the first sample inside node:http2's respond(): the first answered call.
-const first = Math.max(0, profile.samples.findIndex((id) => byId.get(id).callFrame.functionName === 'respond'));
+// Steady state starts at the first sample inside lean-server.ts's succeeded(): the first answered call
+// (from the start of the profile if that function is not found).
+const first = Math.max(0, profile.samples.findIndex((id) => byId.get(id).callFrame.functionName === 'succeeded'));
 const byFile = new Map();
 const byFn = new Map();
 let busy = 0;

@@ -1,6 +1,6 @@
-// The AbortSignal a unary handler sees, shared by both server transports. Created only when a
-// handler (or a backend it calls) reads `signal` -- most never do -- so an ordinary call allocates no
-// AbortController (one costs several microseconds, a large share of a whole RPC).
+// The AbortSignal a unary handler sees (lean-server.ts). Created only when a handler (or a backend it
+// calls) reads `signal` -- most never do -- so an ordinary call allocates no AbortController (one
+// costs several microseconds, a large share of a whole RPC).
 
 import type { GrpcStatusError } from './status.js';
 

@@ -1,14 +1,10 @@
-// A minimal HPACK (RFC 7541) decoder for the :authority normaliser: it follows the client's
-// encoder state exactly (static table, dynamic table with eviction, size updates, Huffman) and
-// reports each field representation with its byte range, so the caller can splice one value and pass
-// every other byte through. Values are kept only for the names the caller asks about; for every other
-// entry only the name and the size are kept -- enough to stay in step with the peer's table.
-// The Huffman code table is data from the hpack.js package (RFC 7541 Appendix B).
+// A minimal HPACK (RFC 7541) decoder for the lean HTTP/2 server: it follows the client's encoder state
+// exactly (static table, dynamic table with eviction, size updates, Huffman) and reports each field
+// representation with its byte range. Values are kept only for the names the caller asks about; for every
+// other entry only the name and the size are kept -- enough to stay in step with the peer's table.
+// The Huffman code table is our own copy of RFC 7541 Appendix B (hpack-huffman.ts).
 
-import { createRequire } from 'node:module';
-
-const require = createRequire(import.meta.url);
-const HUFFMAN_CODES = (require('hpack.js/lib/hpack/huffman.js') as { encode: [number, number][] }).encode;
+import { HUFFMAN_CODE, HUFFMAN_EOS } from './hpack-huffman.js';
 
 // RFC 7541 Appendix A, index 1..61.
 const STATIC_TABLE: readonly (readonly [string, string])[] = [
@@ -40,7 +36,7 @@ export class HpackError extends Error {
 const HUFFMAN_TREE = ((): Int32Array => {
   const tree = new Int32Array(2 * 512);
   let nodes = 1;
-  HUFFMAN_CODES.forEach(([bits, code], symbol) => {
+  HUFFMAN_CODE.forEach(([code, bits], symbol) => {
     let node = 0;
     for (let b = bits - 1; b >= 0; b--) {
       const slot = 2 * node + ((code >>> b) & 1);
@@ -53,7 +49,6 @@ const HUFFMAN_TREE = ((): Int32Array => {
   });
   return tree;
 })();
-const EOS = 256;
 
 /**
  * Decodes a Huffman string. Returns the decoded octet length; when `out` is given, writes the octets
@@ -73,7 +68,7 @@ function huffmanDecode(src: Buffer, start: number, end: number, out: Buffer | nu
       if (bit === 0) pendingOnes = false;
       if (next < 0) {
         const symbol = -next - 1;
-        if (symbol === EOS) throw new HpackError('Huffman string contains EOS');
+        if (symbol === HUFFMAN_EOS) throw new HpackError('Huffman string contains EOS');
         if (out !== null) out[n] = symbol;
         n++;
         node = 0;

@@ -6,17 +6,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createGrpcServer, type GrpcServer, type GrpcServerOptions } from '../../src/grpc/server.js';
 
-let transport: GrpcServerOptions['transport'];
-
-/** Suites that start fixtures after this call serve them with the given transport (see lean-server.test.ts). */
-export function useTransport(t: GrpcServerOptions['transport']): void {
-  transport = t;
-}
-
-function create(options: GrpcServerOptions): GrpcServer {
-  return createGrpcServer(transport === undefined || options.transport !== undefined ? options : { ...options, transport });
-}
-
 export interface Fixture {
   readonly dir: string;
   readonly address: string;
@@ -48,7 +37,7 @@ export async function startFixture(options: GrpcServerOptions, address?: string)
   const fx: Fixture = {
     dir,
     address: addr,
-    server: create(options),
+    server: createGrpcServer(options),
     listener: undefined as unknown as net.Server,
     async stop(graceMs = 0) {
       const closed = new Promise<void>((resolve) => fx.listener.close(() => resolve()));
@@ -56,7 +45,7 @@ export async function startFixture(options: GrpcServerOptions, address?: string)
       await closed;
     },
     async restart(more) {
-      fx.server = create({ ...options, ...more });
+      fx.server = createGrpcServer({ ...options, ...more });
       fx.listener = await listen(addr, fx.server);
     },
     async cleanup() {

@@ -1,12 +1,12 @@
-// The lean HTTP/2 transport (src/grpc/lean-server.ts): every behaviour of the server, :authority and
-// close suites, run again with transport 'lean', plus what only a hand-written HTTP/2 stack can get
-// wrong: flow control both ways, many concurrent streams, padding, broken or vanishing clients.
+// The lean HTTP/2 transport (src/grpc/lean-server.ts) beyond the server, :authority and close suites
+// (which run against it too): what only a hand-written HTTP/2 stack can get wrong: flow control both
+// ways, many concurrent streams, padding, broken or vanishing clients.
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { GRPC_CODE } from '../../src/grpc/status.js';
 import { createGrpcClient } from '../../src/grpc/client.js';
-import { startFixture, useTransport } from './fixture.js';
+import { startFixture } from './fixture.js';
 import {
   FRAME,
   PREFACE,
@@ -20,14 +20,8 @@ import {
   type RawResponse,
 } from './raw-h2.js';
 
-useTransport('lean');
-await import('./server.test.js');
-await import('./authority.test.js');
-await import('./close.test.js');
-
 const LIMIT = 64 * 1024;
 const fx = await startFixture({
-  transport: 'lean',
   maxMessageBytes: LIMIT,
   handlers: new Map([
     ['/t.Test/Echo', async (call) => call.message],
@@ -317,7 +311,6 @@ test('a client GOAWAY: calls already sent are answered, then the server closes t
 
 test('a handler that resolves with something other than bytes gets UNKNOWN, not a crash', async () => {
   const odd = await startFixture({
-    transport: 'lean',
     maxMessageBytes: 1024,
     handlers: new Map([['/t.Test/Odd', async () => 'not bytes' as unknown as Uint8Array]]),
   });
