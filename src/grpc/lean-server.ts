@@ -1,6 +1,6 @@
 // A lean, unary-only gRPC server that speaks HTTP/2 (RFC 9113) itself on each accepted socket: no
 // node:http2, no JS stream layer, no :authority normaliser (our own HPACK decoder accepts any value,
-// e.g. the raw socket path older grpc-go clients send, kms-spec §8b). Handlers are plain async
+// e.g. the raw socket path older grpc-go clients send). Handlers are plain async
 // functions from bytes to bytes.
 //
 // Per connection: the 24-byte preface, then frames. Header blocks (HEADERS + CONTINUATION, PADDED and

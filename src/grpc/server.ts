@@ -5,7 +5,7 @@
 
 import type { Socket } from 'node:net';
 import type { Logger } from '../logger.js';
-import type { GrpcCode } from './status.js';
+import type { GrpcCode, GrpcStatusError } from './status.js';
 import { createLeanGrpcServer } from './lean-server.js';
 
 export interface UnaryCall {

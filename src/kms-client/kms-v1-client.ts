@@ -1,6 +1,6 @@
 // The KMS v1beta1 client as kube-apiserver uses it: a Version check before the first Encrypt or
 // Decrypt (once per client after it succeeds, retried after a failure), requests carrying
-// version "v1beta1", each call bounded by the provider timeout (kms-spec §1, §5.5).
+// version "v1beta1", each call bounded by the provider timeout, as k8s.io/apiserver's envelope service does.
 
 import { AtrestError } from '../errors.js';
 import {

@@ -204,7 +204,6 @@ test('a client that cancels with RST_STREAM gets no answer on that stream; the n
   let returned!: () => void;
   const handlerReturned = new Promise<void>((resolve) => (returned = resolve));
   const held = await startFixture({
-    transport: 'lean',
     maxMessageBytes: LIMIT,
     handlers: new Map([
       ['/t.Test/Echo', async (call) => call.message],

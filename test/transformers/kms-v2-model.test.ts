@@ -1,5 +1,5 @@
 // A model-based property test of the kms v2 state machine: random sequences of Status answers, plugin
-// outages, clock jumps and writes, checked against a few lines that restate kms-spec §5.2.
+// outages, clock jumps and writes, checked against a few lines that restate the upstream v2 state machine (k8s.io/apiserver encryptionconfig/config.go).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

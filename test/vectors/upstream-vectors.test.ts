@@ -15,11 +15,11 @@ const bamboo = { authenticatedData: Buffer.from('bamboo') };
 const PANDAS = 'pandas are the best';
 
 // kubernetes/apiserver pkg/storage/value/encrypt/aes/aes_test.go, TestGCMLegacyDataCompatibility
-// (kms-spec §7.1): key "snorlax_awesomes" (AES-128), AAD "bamboo". 47 bytes = nonce 12 + 19 + tag 16.
+// key "snorlax_awesomes" (AES-128), AAD "bamboo". 47 bytes = nonce 12 + 19 + tag 16.
 const GCM_LEGACY =
   '9f27c8fcea8a58c467d8e437dbf2d85955f9b4bd912f4ef967d788a0cb07797dac0a3f0a0845605ca85ac8562b4ae1';
 
-// Same file, TestExtendedNonceGCMLegacyDataCompatibility (kms-spec §7.2): the kms v2 seed mode.
+// Same file, TestExtendedNonceGCMLegacyDataCompatibility: the kms v2 seed mode.
 // 79 bytes = info 32 + nonce 12 + 19 + tag 16.
 const SEED = '5d40323a820ff95561675e3b95e81867c5fdd561d35a88a2d08b08aa9d4fcf5c';
 const SEED_DATA =
@@ -41,7 +41,7 @@ const NACL_BOX =
   '90224368517acfeabd6bb3732bc0e9da99832b61ca01b6de56244a9e88d5f9b37973f622a43d14a6599b1f654cb45a74' +
   'e355a5';
 
-test('reads the upstream AES-GCM legacy compatibility vector (kms-spec 7.1)', async () => {
+test('reads the upstream AES-GCM legacy compatibility vector', async () => {
   const t = createAesGcmTransformer(Buffer.from('snorlax_awesomes'));
   const r = await t.transformFromStorage(Buffer.from(GCM_LEGACY, 'hex'), bamboo);
   assert.equal(r.data.toString('utf8'), PANDAS);
@@ -53,12 +53,12 @@ test('reads the upstream AES-GCM legacy compatibility vector (kms-spec 7.1)', as
   );
 });
 
-test('derives the upstream HKDF-Expand key from the seed and info (kms-spec 7.2)', () => {
+test('derives the upstream HKDF-Expand key from the seed and info', () => {
   const info = Buffer.from(SEED_DATA, 'hex').subarray(0, 32);
   assert.equal(deriveSeedKey(Buffer.from(SEED, 'hex'), info).toString('hex'), SEED_DERIVED_KEY);
 });
 
-test('reads the upstream extended-nonce seed vector (kms-spec 7.2)', async () => {
+test('reads the upstream extended-nonce seed vector', async () => {
   const t = createAesGcmSeedTransformer(Buffer.from(SEED, 'hex'));
   const r = await t.transformFromStorage(Buffer.from(SEED_DATA, 'hex'), bamboo);
   assert.equal(r.data.toString('utf8'), PANDAS);
