@@ -169,8 +169,13 @@ export function registerScan(program: Command): void {
           problems.push(`the plugin of "${e.provider}" reports key_id ${e.keyID}, not ${flags.expectKey}: rotated and reloaded it (SIGHUP)?`);
         }
       }
-      const t = report.totals;
-      if (t.stale + t.unknown > 0) problems.push(`${t.stale + t.unknown} value(s) are not written by the current provider/key: run "atrest rewrite"`);
+      // Under the key is what retiring older keys needs; the DEK format does not matter here (a
+      // kube-apiserver before 1.29 writes kms v2 values without seed mode, under the same key_id).
+      const elsewhere = report.resources
+        .flatMap((r) => Object.entries(r.formats))
+        .filter(([label]) => !(label.startsWith('kms-v2/') && label.endsWith(` key_id=${flags.expectKey}`)))
+        .reduce((n, [, count]) => n + count, 0);
+      if (elsewhere > 0) problems.push(`${elsewhere} value(s) are not under key_id ${flags.expectKey}: run "atrest rewrite"`);
       if (report.findingsTotal > 0) problems.push(`${report.findingsTotal} value(s) are plaintext where encryption is required, or undecryptable`);
       let apiservers: Awaited<ReturnType<typeof confirmApiServers>> = [];
       if (problems.length === 0) {
