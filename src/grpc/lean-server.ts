@@ -207,6 +207,8 @@ const PSEUDO_AUTHORITY = 8;
 const CLOSED_UNKNOWN = 0;
 const CLOSED_NORMALLY = 1;
 const CLOSED_RESET_BY_US = 2;
+/** The client reset it: anything it sends on it afterwards is an error (RFC 9113 §5.1, "closed"). */
+const CLOSED_RESET_BY_PEER = 3;
 
 const UNKNOWN_METHOD = 'unknown';
 const EMPTY = Buffer.alloc(0);
@@ -593,6 +595,24 @@ class Connection {
     this.closedNext = i + 1 === CLOSED_RING ? 0 : i + 1;
   }
 
+  /** Updates what is remembered of a closed stream (or remembers it). */
+  private markClosed(id: number, how: number): void {
+    for (let i = 0; i < CLOSED_RING; i++) {
+      if (this.closedIds[i] === id) {
+        this.closedHow[i] = how;
+        return;
+      }
+    }
+    this.rememberClosed(id, how);
+  }
+
+  /** A PRIORITY frame that is a stream error: RST_STREAM, through the stream if it is open. */
+  private priorityError(id: number, code: number, why: string): void {
+    const stream = this.streams.get(id);
+    if (stream !== undefined) this.streamError(stream, code, why);
+    else this.send(u32Frame(TYPE_RST_STREAM, id, code));
+  }
+
   private closedState(id: number): number {
     for (let i = 0; i < CLOSED_RING; i++) if (this.closedIds[i] === id) return this.closedHow[i]!;
     return CLOSED_UNKNOWN;
@@ -855,11 +875,12 @@ class Connection {
         const stream = this.streams.get(id);
         if (stream === undefined) {
           if (this.closedState(id) !== CLOSED_RESET_BY_US) this.strike('too many frames on closed streams');
-          return;
+        } else {
+          stream.localEnded = true;
+          this.finish(stream, GRPC_CODE.CANCELLED, 'the client cancelled the call');
+          this.release(stream);
         }
-        stream.localEnded = true;
-        this.finish(stream, GRPC_CODE.CANCELLED, 'the client cancelled the call');
-        this.release(stream);
+        this.markClosed(id, CLOSED_RESET_BY_PEER);
         return;
       }
       case TYPE_GOAWAY:
@@ -871,10 +892,10 @@ class Connection {
       case TYPE_PRIORITY:
         if (id === 0) throw new ConnectionError(PROTOCOL_ERROR, 'PRIORITY on stream 0');
         this.strike('too many PRIORITY frames');
-        if (payload.length !== 5) {
-          const stream = this.streams.get(id);
-          if (stream !== undefined) this.streamError(stream, FRAME_SIZE_ERROR, 'malformed PRIORITY frame');
-          else this.send(u32Frame(TYPE_RST_STREAM, id, FRAME_SIZE_ERROR));
+        if (payload.length !== 5) return this.priorityError(id, FRAME_SIZE_ERROR, 'malformed PRIORITY frame');
+        // A stream cannot depend on itself (RFC 9113 §5.3.1): a stream error.
+        if ((payload.readUInt32BE(0) & 0x7fffffff) === id) {
+          return this.priorityError(id, PROTOCOL_ERROR, 'a stream that depends on itself');
         }
         return;
       case TYPE_PUSH_PROMISE:
@@ -1024,7 +1045,8 @@ class Connection {
       // any other closed stream (or a lower, skipped id: implicitly closed, §5.1.1) is an error.
       const how = this.closedState(id);
       if (how === CLOSED_RESET_BY_US) return;
-      throw new ConnectionError(how === CLOSED_NORMALLY ? STREAM_CLOSED : PROTOCOL_ERROR, 'HEADERS on a closed stream');
+      const closed = how === CLOSED_NORMALLY || how === CLOSED_RESET_BY_PEER;
+      throw new ConnectionError(closed ? STREAM_CLOSED : PROTOCOL_ERROR, 'HEADERS on a closed stream');
     }
     if ((id & 1) === 0) throw new ConnectionError(PROTOCOL_ERROR, 'a client stream with an even id');
     this.lastStreamId = id;
