@@ -35,8 +35,9 @@ const LAYERS: Readonly<Record<string, readonly string[]>> = {
   // Break-glass recovery: a layer around any backend (its interface), and KMS services in the shape
   // the kms formats call (their interfaces, and the BuildDeps type of config/).
   recovery: ['errors', 'bytes', 'backends', 'config', 'transformers'],
-  // The plugin: service on plain types over a backend, gRPC adapter over grpc/.
-  kms: ['errors', 'bytes', 'logger', 'backends', 'grpc', 'proto'],
+  // The plugin: service on plain types over a backend, gRPC adapter over grpc/; it refuses to answer
+  // what kube-apiserver would refuse, with the kms v2 format's own checks.
+  kms: ['errors', 'bytes', 'logger', 'backends', 'grpc', 'proto', 'transformers'],
   // The API server's side of the KMS protocol, for tools and tests.
   'kms-client': ['errors', 'bytes', 'grpc', 'proto', 'transformers'],
   // Health and metrics endpoints.

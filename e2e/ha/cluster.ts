@@ -9,8 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { request as httpsRequest, Agent } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { CACHE_BIN, freePort } from '../../test/api/control-plane.js';
+import { CACHE_BIN, freePort, makeApiserverPki } from '../../test/api/control-plane.js';
 
 export type NodeName = 'a' | 'b';
 export const NODES: readonly NodeName[] = ['a', 'b'];
@@ -89,64 +88,6 @@ async function waitUntil(
   }
 }
 
-function makePki(dir: string): { ca: Buffer; token: string } {
-  const ssl = (args: string[]): void => {
-    execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
-  };
-  ssl([
-    'req',
-    '-x509',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-days',
-    '2',
-    '-subj',
-    '/CN=atrest-ha-ca',
-    '-keyout',
-    'ca.key',
-    '-out',
-    'ca.crt',
-  ]);
-  ssl([
-    'req',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-subj',
-    '/CN=kube-apiserver',
-    '-keyout',
-    'server.key',
-    '-out',
-    'server.csr',
-  ]);
-  writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  ssl([
-    'x509',
-    '-req',
-    '-in',
-    'server.csr',
-    '-CA',
-    'ca.crt',
-    '-CAkey',
-    'ca.key',
-    '-CAcreateserial',
-    '-days',
-    '2',
-    '-extfile',
-    'san.ext',
-    '-out',
-    'server.crt',
-  ]);
-  ssl(['genrsa', '-out', 'sa.key', '2048']);
-  ssl(['rsa', '-in', 'sa.key', '-pubout', '-out', 'sa.pub']);
-  const token = randomBytes(24).toString('hex');
-  writeFileSync(join(dir, 'tokens.csv'), `${token},ha-admin,ha-admin-uid,"system:masters"\n`, {
-    mode: 0o600,
-  });
-  return { ca: readFileSync(join(dir, 'ca.crt')), token };
-}
-
 export async function startCluster(): Promise<Cluster> {
   for (const b of ['etcd', 'etcdctl', 'kube-apiserver']) {
     if (!existsSync(join(CACHE_BIN, b))) {
@@ -221,7 +162,7 @@ export async function startCluster(): Promise<Cluster> {
       },
       etcd,
     );
-    ({ ca, token } = makePki(pki));
+    ({ ca, token } = makeApiserverPki(pki, 'ha-admin'));
     for (const name of NODES) {
       const root = join(dir, name) + '/';
       mkdirSync(root, { mode: 0o700 });

@@ -17,30 +17,8 @@ if [[ -x "$venv/bin/moto_server" ]]; then
   exit 0
 fi
 
-python=""
-for p in python3 python; do
-  if command -v "$p" >/dev/null 2>&1; then python="$p"; break; fi
-done
-if [[ -z "$python" ]]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y --no-install-recommends python3 python3-venv || {
-    apt-get update
-    apt-get install -y --no-install-recommends python3 python3-venv
-  }
-  python=python3
-fi
-
-rm -rf "$venv.partial"
-"$python" -m venv "$venv.partial" || {
-  # Debian's python3 needs python3-venv for ensurepip.
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y --no-install-recommends python3-venv || {
-    apt-get update
-    apt-get install -y --no-install-recommends python3-venv
-  }
-  rm -rf "$venv.partial"
-  "$python" -m venv "$venv.partial"
-}
+source "$(cd "$(dirname "$0")" && pwd)/lib/python-venv.sh"
+make_venv "$venv.partial"
 "$venv.partial/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 rm -rf "$venv"
 mv "$venv.partial" "$venv"

@@ -12,9 +12,9 @@ import {
 } from '../errors.js';
 import { bytesEqual } from '../bytes.js';
 import type { KeyBackend } from '../backends/backend.js';
+import { isFullyQualifiedDomainName, validateAnnotations } from '../transformers/kms-v2-validation.js';
 import { V1BETA1_API_VERSION } from '../proto/kms-v1beta1.js';
 import {
-  V2_ANNOTATIONS_MAX_BYTES,
   DEFAULT_V2_STATUS_VERSION,
   V2_CIPHERTEXT_MAX_BYTES,
   V2_HEALTHZ_OK,
@@ -118,30 +118,8 @@ function requestInvalid(message: string): AtrestError {
   return new AtrestError('ERR_REQUEST_INVALID', message);
 }
 
-/** kube-apiserver's IsFullyQualifiedDomainName: lowercase RFC 1123 subdomain with ≥ 2 labels. */
-export function isFullyQualifiedDomainName(name: string): boolean {
-  const n = name.endsWith('.') ? name.slice(0, -1) : name;
-  if (n.length === 0 || n.length > 253) return false;
-  const labels = n.split('.');
-  if (labels.length < 2) return false;
-  return labels.every((l) => l.length <= 63 && /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(l));
-}
-
-/** Problems with v2 annotations as kube-apiserver would find them (empty list = valid). */
-export function validateAnnotations(annotations: Readonly<Record<string, Uint8Array>>): string[] {
-  const problems: string[] = [];
-  let total = 0;
-  for (const [key, value] of Object.entries(annotations)) {
-    if (!isFullyQualifiedDomainName(key)) {
-      problems.push(`annotation key "${key}" is not a lowercase fully qualified domain name`);
-    }
-    total += Buffer.byteLength(key, 'utf8') + value.length;
-  }
-  if (total > V2_ANNOTATIONS_MAX_BYTES) {
-    problems.push(`annotations total ${total} bytes, more than ${V2_ANNOTATIONS_MAX_BYTES}`);
-  }
-  return problems;
-}
+// The plugin refuses to answer what kube-apiserver would refuse: the same checks as the kms v2 format.
+export { isFullyQualifiedDomainName, validateAnnotations };
 
 export function classifyBackendError(err: unknown): BackendErrorKind {
   if (err instanceof BackendError) return err.kind;

@@ -100,6 +100,68 @@ export interface ControlPlaneOptions {
   readonly featureGates?: string;
 }
 
+/**
+ * The files a test kube-apiserver needs in `dir`: a CA (ca.crt), a serving certificate for 127.0.0.1
+ * (server.crt/key), the service-account key pair (sa.key/pub) and a static admin token (tokens.csv).
+ */
+export function makeApiserverPki(dir: string, admin: string): { ca: Buffer; token: string } {
+  const ssl = (args: string[]): void => {
+    execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+  };
+  ssl([
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=atrest-test-ca',
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.crt',
+  ]);
+  ssl([
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-subj',
+    '/CN=kube-apiserver',
+    '-keyout',
+    'server.key',
+    '-out',
+    'server.csr',
+  ]);
+  writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  ssl([
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca.crt',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    'san.ext',
+    '-out',
+    'server.crt',
+  ]);
+  ssl(['genrsa', '-out', 'sa.key', '2048']);
+  ssl(['rsa', '-in', 'sa.key', '-pubout', '-out', 'sa.pub']);
+  const token = randomBytes(24).toString('hex');
+  writeFileSync(join(dir, 'tokens.csv'), `${token},${admin},${admin}-uid,"system:masters"\n`, {
+    mode: 0o600,
+  });
+  return { ca: readFileSync(join(dir, 'ca.crt')), token };
+}
+
 export async function startControlPlane(cpOptions: ControlPlaneOptions = {}): Promise<ControlPlane> {
   requireBinaries();
   const dir = await mkdtemp(join(tmpdir(), 'atrest-api-'));
@@ -156,62 +218,7 @@ export async function startControlPlane(cpOptions: ControlPlaneOptions = {}): Pr
       etcd,
     );
 
-    const ssl = (args: string[]): void => {
-      execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
-    };
-    ssl([
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '2',
-      '-subj',
-      '/CN=atrest-test-ca',
-      '-keyout',
-      'ca.key',
-      '-out',
-      'ca.crt',
-    ]);
-    ssl([
-      'req',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-subj',
-      '/CN=kube-apiserver',
-      '-keyout',
-      'server.key',
-      '-out',
-      'server.csr',
-    ]);
-    writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-    ssl([
-      'x509',
-      '-req',
-      '-in',
-      'server.csr',
-      '-CA',
-      'ca.crt',
-      '-CAkey',
-      'ca.key',
-      '-CAcreateserial',
-      '-days',
-      '2',
-      '-extfile',
-      'san.ext',
-      '-out',
-      'server.crt',
-    ]);
-    ssl(['genrsa', '-out', 'sa.key', '2048']);
-    ssl(['rsa', '-in', 'sa.key', '-pubout', '-out', 'sa.pub']);
-    const token = randomBytes(24).toString('hex');
-    writeFileSync(
-      join(dir, 'tokens.csv'),
-      `${token},test-admin,test-admin-uid,"system:masters"\n`,
-      { mode: 0o600 },
-    );
+    const { token } = makeApiserverPki(dir, 'test-admin');
     writeFileSync(
       kubeconfig,
       [
