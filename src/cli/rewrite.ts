@@ -219,6 +219,8 @@ async function rewriteViaApi(flags: RewriteFlags, concurrency: number, rate: num
   try {
     // Loaded on demand: the Kubernetes client library is large and only this mode needs it.
     const { runRewriteViaApi } = await import('../api/rewrite-via-api.js');
+    // Lists are paged, so the total is not known up front: the line shows counts and the rate.
+    const progress = createProgress({ label: 'rewriting via the API' });
     const summary = await runRewriteViaApi({
       resources,
       concurrency,
@@ -227,8 +229,9 @@ async function rewriteViaApi(flags: RewriteFlags, concurrency: number, rate: num
       logger: createJsonLogger((line) => process.stderr.write(line), 'warn'),
       signal: controller.signal,
       kubeConfig: await loadKubeConfig(flags.kubeconfig, flags.context),
+      onProgress: (p) => progress.update(p.patched, 0, `patched (${p.resource}: ${p.listed} listed, ${p.failed} failed)`),
       ...(flags.resume !== undefined ? { resumeFile: flags.resume } : {}),
-    });
+    }).finally(() => progress.finish());
     if (output === 'json') process.stdout.write(renderJson(summary));
     else {
       process.stdout.write(
