@@ -9,7 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { request as httpsRequest, Agent } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CACHE_BIN, freePort, makeApiserverPki } from '../../test/api/control-plane.js';
+import { CACHE_BIN, freePort, makeApiserverPki, spawnTestEtcd } from '../../test/api/control-plane.js';
 
 export type NodeName = 'a' | 'b';
 export const NODES: readonly NodeName[] = ['a', 'b'];
@@ -110,25 +110,7 @@ export async function startCluster(): Promise<Cluster> {
     { mode: 0o755 },
   );
 
-  const [clientPort, peerPort] = [await freePort(), await freePort()];
-  const etcdUrl = `http://127.0.0.1:${clientPort}`;
-  const peerUrl = `http://127.0.0.1:${peerPort}`;
-  const etcdLog = openSync(join(dir, 'etcd.log'), 'a');
-  const etcd = spawn(
-    bin('etcd'),
-    [
-      '--name=ha',
-      `--data-dir=${join(dir, 'etcd')}`,
-      `--listen-client-urls=${etcdUrl}`,
-      `--advertise-client-urls=${etcdUrl}`,
-      `--listen-peer-urls=${peerUrl}`,
-      `--initial-advertise-peer-urls=${peerUrl}`,
-      `--initial-cluster=ha=${peerUrl}`,
-      '--log-level=warn',
-    ],
-    { stdio: ['ignore', etcdLog, etcdLog] },
-  );
-  closeSync(etcdLog);
+  const { process: etcd, url: etcdUrl } = await spawnTestEtcd(dir, 'ha');
   const etcdctl = (args: readonly string[]): string =>
     execFileSync(bin('etcdctl'), [`--endpoints=${etcdUrl}`, ...args], { encoding: 'utf8' });
 

@@ -162,29 +162,36 @@ export function makeApiserverPki(dir: string, admin: string): { ca: Buffer; toke
   return { ca: readFileSync(join(dir, 'ca.crt')), token };
 }
 
-export async function startControlPlane(cpOptions: ControlPlaneOptions = {}): Promise<ControlPlane> {
-  requireBinaries();
-  const dir = await mkdtemp(join(tmpdir(), 'atrest-api-'));
-  const bin = (b: string): string => join(CACHE_BIN, b);
-  const [clientPort, peerPort, apiPort] = [await freePort(), await freePort(), await freePort()];
-  const etcdUrl = `http://127.0.0.1:${clientPort}`;
+/** A one-member etcd on random loopback ports with its data and log in `dir` (not yet waited for). */
+export async function spawnTestEtcd(dir: string, name: string): Promise<{ process: ChildProcess; url: string }> {
+  const [clientPort, peerPort] = [await freePort(), await freePort()];
+  const url = `http://127.0.0.1:${clientPort}`;
   const peerUrl = `http://127.0.0.1:${peerPort}`;
   const logFd = openSync(join(dir, 'etcd.log'), 'a');
-  const etcd = spawn(
-    bin('etcd'),
+  const child = spawn(
+    join(CACHE_BIN, 'etcd'),
     [
-      '--name=t',
+      `--name=${name}`,
       `--data-dir=${join(dir, 'etcd')}`,
-      `--listen-client-urls=${etcdUrl}`,
-      `--advertise-client-urls=${etcdUrl}`,
+      `--listen-client-urls=${url}`,
+      `--advertise-client-urls=${url}`,
       `--listen-peer-urls=${peerUrl}`,
       `--initial-advertise-peer-urls=${peerUrl}`,
-      `--initial-cluster=t=${peerUrl}`,
+      `--initial-cluster=${name}=${peerUrl}`,
       '--log-level=warn',
     ],
     { stdio: ['ignore', logFd, logFd] },
   );
   closeSync(logFd);
+  return { process: child, url };
+}
+
+export async function startControlPlane(cpOptions: ControlPlaneOptions = {}): Promise<ControlPlane> {
+  requireBinaries();
+  const dir = await mkdtemp(join(tmpdir(), 'atrest-api-'));
+  const bin = (b: string): string => join(CACHE_BIN, b);
+  const apiPort = await freePort();
+  const { process: etcd, url: etcdUrl } = await spawnTestEtcd(dir, 't');
   let apiserver: ChildProcess | undefined;
 
   const etcdctl = (args: readonly string[]): string =>
