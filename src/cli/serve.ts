@@ -1,6 +1,7 @@
 // `atrest serve`: the KMS plugin. Composes the key backend (backend-factory.ts), the KMS service and
 // its gRPC adapter on the UNIX socket (src/kms/), the health/metrics listener (src/health/), JSON logs
-// on stderr, and the signals: SIGHUP reloads keys, SIGTERM/SIGINT shut down cleanly and exit 0.
+// on stderr, and the signals: SIGHUP reloads keys, SIGTERM/SIGINT shut down cleanly and exit 0. A
+// failed start-up releases what it had started, newest first (cleanup-stack.ts).
 
 import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
