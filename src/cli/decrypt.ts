@@ -6,8 +6,13 @@ import { readFileSync } from 'node:fs';
 import { Option, type Command } from 'commander';
 import { stringify } from 'yaml';
 import { AtrestError } from '../errors.js';
-import type { KeyValue } from '../etcd/client.js';
-import { decryptAll, decryptValue, type DecryptResult } from '../etcd/decrypt.js';
+import type { EtcdClient, KeyValue } from '../etcd/client.js';
+import {
+  decryptAll,
+  decryptValue,
+  type DecryptOptions,
+  type DecryptResult,
+} from '../etcd/decrypt.js';
 import { assertSelectionNotEmpty } from '../etcd/empty-selection.js';
 import { BUILT_IN_NAMESPACES, namespaceManifest, namespacesOf, restorableObject } from '../etcd/restore.js';
 import { createSelection, type Selection } from '../etcd/selection.js';
@@ -23,7 +28,7 @@ import {
   usageError,
   type EtcdFlags,
 } from './etcd-flags.js';
-import { describeUnreachable, openEncryption } from './kms-dial.js';
+import { describeUnreachable, openEncryption, type EncryptionContext } from './kms-dial.js';
 import { loadRecoveryKeys, splitList } from './recovery.js';
 import { createRecoveryDialer } from '../recovery/services.js';
 import { renderJson } from './output.js';
@@ -108,21 +113,7 @@ export function registerDecrypt(program: Command): void {
     .option('--allow-empty', 'with --all: accept a prefix or resource that holds no key (otherwise exit status 4)');
   addEtcdOptions(cmd);
   cmd.action(async (flags: DecryptFlags) => {
-    const output = parseDecryptOutput(flags.output);
-    if ((flags.etcdKey === undefined) === (flags.all !== true)) {
-      throw usageError('--etcd-key', 'give either --etcd-key KEY or --all');
-    }
-    if (flags.resource !== undefined && !flags.all) throw usageError('--resource', 'only with --all');
-    if (flags.valueFile !== undefined && flags.etcdKey === undefined) {
-      throw usageError('--value-file', 'needs --etcd-key: the key is the authenticated data of aesgcm and kms values');
-    }
-    if (flags.valueFile !== undefined && flags.snapshot !== undefined) {
-      throw usageError('--value-file', 'use either --value-file or --snapshot');
-    }
-    if (output === 'raw' && flags.all) throw usageError('--output', 'raw prints one value: use it with --etcd-key');
-    if (output === 'restore' && flags.showSecretData !== true) {
-      throw usageError('--output', 'restore writes Secret data (a restore without it would be useless): add --show-secret-data');
-    }
+    const output = checkDecryptFlags(flags);
     const etcdPrefix = etcdPrefixOf(flags);
     const recoveryKeys = await loadRecoveryKeys(splitList(flags.recoveryKey), splitList(flags.recoveryShares));
     const enc = await openEncryption({
@@ -131,108 +122,19 @@ export function registerDecrypt(program: Command): void {
       mode: 'read',
       ...(recoveryKeys.length > 0 ? { deps: createRecoveryDialer(recoveryKeys), offline: true } : {}),
     });
-    const showSecretData = flags.showSecretData === true;
     const client = flags.snapshot === undefined && flags.valueFile === undefined ? createEtcdClient(flags) : undefined;
     try {
-      for (const w of enc.warnings) process.stderr.write(`warning: ${w}\n`);
-      if (enc.unreachable.length > 0) {
-        process.stderr.write(
-          `warning: ${describeUnreachable(enc.unreachable)}; values stored with it cannot be decrypted now ` +
-            '(each is reported at once, without waiting for its timeout). Start the plugin and rerun to decrypt them\n',
-        );
-      }
-      const options = { policies: enc.policies, showSecretData };
-      if (flags.etcdKey !== undefined) {
-        const key = Buffer.from(flags.etcdKey, 'utf8');
-        let kv: KeyValue | undefined;
-        if (flags.valueFile !== undefined) {
-          kv = { key, value: await readValueFile(flags.valueFile), createRevision: 0, modRevision: 0, version: 0 };
-        } else if (flags.snapshot !== undefined) {
-          kv = readSnapshot(flags.snapshot, { filter: (k) => k.equals(key) })[0];
-        } else {
-          kv = await client!.get(key);
-        }
-        if (kv === undefined) {
-          throw new AtrestError('ERR_ETCD', `key ${flags.etcdKey} not found${flags.snapshot ? ` in ${flags.snapshot}` : ''}`);
-        }
-        const r = await decryptValue(kv, options);
-        if (!r.ok) {
-          process.stderr.write(`atrest: ${describeFailure(r)}\n`);
-          process.exitCode = EXIT_FINDINGS;
-          return;
-        }
-        if (output === 'restore') {
-          const doc = restoreDoc(r);
-          process.stdout.write(doc.text);
-          if (!doc.ok) process.exitCode = EXIT_FINDINGS;
-        } else if (output === 'raw') {
-          if (r.object.kind === 'Secret' && !showSecretData) {
-            throw usageError('--output', 'raw output of a Secret contains its data: add --show-secret-data');
-          }
-          process.stdout.write(r.plaintext);
-        } else {
-          process.stdout.write(output === 'json' ? renderJson(record(r)) : yamlDoc(r));
-        }
-        return;
-      }
-      const resources = parseResources(flags.resource);
-      const selection: Selection = createSelection({
+      warnAboutEncryption(enc);
+      const run: DecryptRun = {
+        flags,
+        output,
         etcdPrefix,
-        config: enc.config,
-        ...(resources ? { resources } : {}),
-      });
-      let source: KeyValueSource;
-      let whole: () => KeyValueSource = () => source;
-      if (flags.snapshot !== undefined) {
-        const snapshot = flags.snapshot;
-        const inRanges = (k: Buffer): boolean =>
-          selection.ranges.some((r) => Buffer.compare(k, r.start) >= 0 && Buffer.compare(k, r.end) < 0);
-        source = createMemorySource(readSnapshot(snapshot, { filter: inRanges }));
-        // Only when nothing matched: every key of the snapshot (no values), to say where the data is.
-        whole = () => {
-          const keys = new Map<string, Buffer>();
-          readSnapshot(snapshot, { filter: (k) => (keys.set(k.toString('latin1'), k), false) });
-          return createMemorySource(
-            [...keys.values()]
-              .sort(Buffer.compare)
-              .map((key) => ({ key, value: Buffer.alloc(0), createRevision: 0, modRevision: 0, version: 0 })),
-          );
-        };
-      } else {
-        source = client!;
-      }
-      if (!flags.allowEmpty) await assertSelectionNotEmpty('decrypt --all', source, selection, etcdPrefix, whole);
-      let failures = 0;
-      let first = true;
-      if (output === 'json') process.stdout.write('[');
-      if (output === 'restore') {
-        const namespaces = await namespacesOf(source, selection, enc.policies, etcdPrefix);
-        for (const ns of namespaces.filter((n) => !BUILT_IN_NAMESPACES.includes(n))) {
-          process.stdout.write(`${first ? '' : '---\n'}${stringify(namespaceManifest(ns))}`);
-          first = false;
-        }
-      }
-      for await (const r of decryptAll(source, selection, options)) {
-        if (!r.ok) {
-          failures++;
-          process.stderr.write(`atrest: ${describeFailure(r)}\n`);
-        }
-        if (output === 'restore') {
-          const doc = restoreDoc(r);
-          if (r.ok && !doc.ok) {
-            failures++;
-            process.stderr.write(`atrest: ${doc.text.slice(2)}`);
-          }
-          process.stdout.write(`${first ? '' : '---\n'}${doc.text}`);
-        } else if (output === 'json') {
-          process.stdout.write(`${first ? '\n' : ',\n'}${JSON.stringify(record(r), null, 2)}`);
-        } else {
-          process.stdout.write(`${first ? '' : '---\n'}${yamlDoc(r)}`);
-        }
-        first = false;
-      }
-      if (output === 'json') process.stdout.write(first ? ']\n' : '\n]\n');
-      if (failures > 0) process.exitCode = EXIT_FINDINGS;
+        enc,
+        client,
+        options: { policies: enc.policies, showSecretData: flags.showSecretData === true },
+      };
+      if (flags.etcdKey !== undefined) await decryptOneKey(run, flags.etcdKey);
+      else await decryptSelection(run);
     } finally {
       await client?.close();
       await enc.close();
@@ -240,3 +142,148 @@ export function registerDecrypt(program: Command): void {
   });
 }
 
+/** Refuses flag combinations that cannot mean anything, before anything is opened. */
+function checkDecryptFlags(flags: DecryptFlags): DecryptOutput {
+  const output = parseDecryptOutput(flags.output);
+  if ((flags.etcdKey === undefined) === (flags.all !== true)) {
+    throw usageError('--etcd-key', 'give either --etcd-key KEY or --all');
+  }
+  if (flags.resource !== undefined && !flags.all) throw usageError('--resource', 'only with --all');
+  if (flags.valueFile !== undefined && flags.etcdKey === undefined) {
+    throw usageError('--value-file', 'needs --etcd-key: the key is the authenticated data of aesgcm and kms values');
+  }
+  if (flags.valueFile !== undefined && flags.snapshot !== undefined) {
+    throw usageError('--value-file', 'use either --value-file or --snapshot');
+  }
+  if (output === 'raw' && flags.all) throw usageError('--output', 'raw prints one value: use it with --etcd-key');
+  if (output === 'restore' && flags.showSecretData !== true) {
+    throw usageError('--output', 'restore writes Secret data (a restore without it would be useless): add --show-secret-data');
+  }
+  return output;
+}
+
+function warnAboutEncryption(enc: EncryptionContext): void {
+  for (const w of enc.warnings) process.stderr.write(`warning: ${w}\n`);
+  if (enc.unreachable.length > 0) {
+    process.stderr.write(
+      `warning: ${describeUnreachable(enc.unreachable)}; values stored with it cannot be decrypted now ` +
+        '(each is reported at once, without waiting for its timeout). Start the plugin and rerun to decrypt them\n',
+    );
+  }
+}
+
+/** One decrypt command's inputs, once the flags are checked and the encryption config is open. */
+interface DecryptRun {
+  readonly flags: DecryptFlags;
+  readonly output: DecryptOutput;
+  readonly etcdPrefix: string;
+  readonly enc: EncryptionContext;
+  /** A live etcd: absent with --snapshot or --value-file. */
+  readonly client: EtcdClient | undefined;
+  readonly options: DecryptOptions;
+}
+
+/** --etcd-key: one value, from --value-file, a snapshot or etcd. */
+async function decryptOneKey(run: DecryptRun, etcdKey: string): Promise<void> {
+  const { flags, output } = run;
+  const key = Buffer.from(etcdKey, 'utf8');
+  let kv: KeyValue | undefined;
+  if (flags.valueFile !== undefined) {
+    kv = { key, value: await readValueFile(flags.valueFile), createRevision: 0, modRevision: 0, version: 0 };
+  } else if (flags.snapshot !== undefined) {
+    kv = readSnapshot(flags.snapshot, { filter: (k) => k.equals(key) })[0];
+  } else {
+    kv = await run.client!.get(key);
+  }
+  if (kv === undefined) {
+    throw new AtrestError('ERR_ETCD', `key ${etcdKey} not found${flags.snapshot ? ` in ${flags.snapshot}` : ''}`);
+  }
+  const r = await decryptValue(kv, run.options);
+  if (!r.ok) {
+    process.stderr.write(`atrest: ${describeFailure(r)}\n`);
+    process.exitCode = EXIT_FINDINGS;
+    return;
+  }
+  if (output === 'restore') {
+    const doc = restoreDoc(r);
+    process.stdout.write(doc.text);
+    if (!doc.ok) process.exitCode = EXIT_FINDINGS;
+  } else if (output === 'raw') {
+    if (r.object.kind === 'Secret' && !run.options.showSecretData) {
+      throw usageError('--output', 'raw output of a Secret contains its data: add --show-secret-data');
+    }
+    process.stdout.write(r.plaintext);
+  } else {
+    process.stdout.write(output === 'json' ? renderJson(record(r)) : yamlDoc(r));
+  }
+}
+
+/** --all: every selected key, from a snapshot or etcd; exit status 3 if any cannot be printed. */
+async function decryptSelection(run: DecryptRun): Promise<void> {
+  const { flags, output, etcdPrefix, enc } = run;
+  const resources = parseResources(flags.resource);
+  const selection: Selection = createSelection({
+    etcdPrefix,
+    config: enc.config,
+    ...(resources ? { resources } : {}),
+  });
+  const { source, whole } =
+    flags.snapshot === undefined
+      ? { source: run.client!, whole: () => run.client! }
+      : snapshotSource(flags.snapshot, selection);
+  if (!flags.allowEmpty) await assertSelectionNotEmpty('decrypt --all', source, selection, etcdPrefix, whole);
+  let failures = 0;
+  let first = true;
+  if (output === 'json') process.stdout.write('[');
+  if (output === 'restore') {
+    const namespaces = await namespacesOf(source, selection, enc.policies, etcdPrefix);
+    for (const ns of namespaces.filter((n) => !BUILT_IN_NAMESPACES.includes(n))) {
+      process.stdout.write(`${first ? '' : '---\n'}${stringify(namespaceManifest(ns))}`);
+      first = false;
+    }
+  }
+  for await (const r of decryptAll(source, selection, run.options)) {
+    if (!r.ok) {
+      failures++;
+      process.stderr.write(`atrest: ${describeFailure(r)}\n`);
+    }
+    if (output === 'restore') {
+      const doc = restoreDoc(r);
+      if (r.ok && !doc.ok) {
+        failures++;
+        process.stderr.write(`atrest: ${doc.text.slice(2)}`);
+      }
+      process.stdout.write(`${first ? '' : '---\n'}${doc.text}`);
+    } else if (output === 'json') {
+      process.stdout.write(`${first ? '\n' : ',\n'}${JSON.stringify(record(r), null, 2)}`);
+    } else {
+      process.stdout.write(`${first ? '' : '---\n'}${yamlDoc(r)}`);
+    }
+    first = false;
+  }
+  if (output === 'json') process.stdout.write(first ? ']\n' : '\n]\n');
+  if (failures > 0) process.exitCode = EXIT_FINDINGS;
+}
+
+/**
+ * The selected keys of a snapshot file, and (`whole`, only read when nothing matched) every key of
+ * the snapshot without values, to say where the data is.
+ */
+function snapshotSource(
+  snapshot: string,
+  selection: Selection,
+): { source: KeyValueSource; whole: () => KeyValueSource } {
+  const inRanges = (k: Buffer): boolean =>
+    selection.ranges.some((r) => Buffer.compare(k, r.start) >= 0 && Buffer.compare(k, r.end) < 0);
+  const source = createMemorySource(readSnapshot(snapshot, { filter: inRanges }));
+  const whole = (): KeyValueSource => {
+    const keys = new Map<string, Buffer>();
+    readSnapshot(snapshot, { filter: (k) => (keys.set(k.toString('latin1'), k), false) });
+    return createMemorySource(
+      [...keys.values()]
+        .sort(Buffer.compare)
+        .map((key) => ({ key, value: Buffer.alloc(0), createRevision: 0, modRevision: 0, version: 0 })),
+    );
+  };
+  return { source, whole };
+}

@@ -1,6 +1,7 @@
 // `atrest serve`: the KMS plugin. Composes the key backend (backend-factory.ts), the KMS service and
 // its gRPC adapter on the UNIX socket (src/kms/), the health/metrics listener (src/health/), JSON logs
-// on stderr, and the signals: SIGHUP reloads keys, SIGTERM/SIGINT shut down cleanly and exit 0.
+// on stderr, and the signals: SIGHUP reloads keys, SIGTERM/SIGINT shut down cleanly and exit 0. A
+// failed start-up releases what it had started, newest first (cleanup-stack.ts).
 
 import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
@@ -8,12 +9,12 @@ import { AtrestError } from '../errors.js';
 import { EXIT_FAILURE, EXIT_OK } from './exit.js';
 import { parsePositiveDurationMs } from '../duration.js';
 import { createJsonLogger, isLogLevel, type Logger, type LogLevel } from '../logger.js';
-import { parseUnixEndpoint } from '../grpc/endpoint.js';
+import { parseUnixEndpoint, type UnixEndpoint } from '../grpc/endpoint.js';
 import { grpcCodeName } from '../grpc/status.js';
-import { createKmsService } from '../kms/service.js';
+import { createKmsService, type KmsService } from '../kms/service.js';
 import { startKmsServer, type KmsServer } from '../kms/server.js';
 import { parseSocketMode, resolveGroup, DEFAULT_SOCKET_MODE } from '../kms/socket.js';
-import { createPluginMetrics } from '../health/plugin-metrics.js';
+import { createPluginMetrics, type PluginMetrics } from '../health/plugin-metrics.js';
 import {
   DEFAULT_V2_STATUS_VERSION,
   V2_STATUS_VERSIONS,
@@ -24,8 +25,11 @@ import {
   parseHealthListen,
   startHealthServer,
   type HealthServer,
+  type ReadinessCheck,
 } from '../health/server.js';
+import type { KeyBackend } from '../backends/backend.js';
 import { addBackendOptions, createBackend } from './backend-factory.js';
+import { createCleanupStack, type CleanupStack } from './cleanup-stack.js';
 import { withRecoveryLayer } from '../recovery/backend.js';
 import { parsePublicKeyPem } from '../recovery/keys.js';
 import type { RecoveryPublicKey } from '../recovery/seal.js';
@@ -113,183 +117,116 @@ export function registerServe(program: Command, version: string): void {
   });
 }
 
-async function runServe(flags: ServeFlags, version: string): Promise<void> {
-  const level: LogLevel = isLogLevel(flags.logLevel) ? flags.logLevel : 'info';
-  const logger = createJsonLogger((line) => process.stderr.write(line), level);
-  // Keep stderr one JSON object per line: process warnings (e.g. an SDK's Node.js support notice)
-  // become log lines instead of Node's multi-line default output.
-  process.removeAllListeners('warning');
-  process.on('warning', (w) => logger.warn('process warning', { name: w.name, warning: w.message }));
-  // SIGHUP's default action kills the process: ignore it until the real handler is installed (a
-  // reload during start-up is moot, the keys are being read anyway).
-  const ignoreHup = (): void => {};
-  process.on('SIGHUP', ignoreHup);
+/** Every flag resolved and checked before anything is started. */
+interface ServeOptions {
+  readonly listen: string;
+  readonly endpoint: UnixEndpoint;
+  readonly socketMode: number;
+  readonly socketGid: number | undefined;
+  readonly health: { host: string; port: number } | undefined;
+  readonly graceMs: number;
+  readonly selfTestIntervalMs: number;
+  readonly socketCheckMs: number;
+  readonly recoveryKey: RecoveryPublicKey | undefined;
+  /** --dev without --keyring: the development keyring (created on first run). */
+  readonly devKeyring: { path: string; created: boolean } | undefined;
+}
 
+async function resolveServeOptions(flags: ServeFlags): Promise<ServeOptions> {
   let listen = flags.listen;
-  let keyringFlags: Record<string, unknown> = {};
-  let devKeyring: { path: string; created: boolean } | undefined;
+  let devKeyring: ServeOptions['devKeyring'];
   if (flags.dev) {
     listen ??= DEV_LISTEN;
     if (flags.backend === 'keyring' && flags.keyring === undefined) {
       devKeyring = await ensureDevKeyring();
-      keyringFlags = { keyring: devKeyring.path };
     }
   }
   if (listen === undefined) {
     throw new AtrestError('ERR_CONFIG_INVALID', 'serve needs --listen unix:///PATH (or --dev)');
   }
-  const endpoint = parseUnixEndpoint(listen);
-  const socketMode =
-    flags.socketMode === undefined ? DEFAULT_SOCKET_MODE : parseSocketMode(flags.socketMode);
-  const socketGid =
-    flags.socketGroup === undefined ? undefined : await resolveGroup(flags.socketGroup);
-  const health = parseHealthListen(flags.healthListen);
-  const graceMs = seconds('--shutdown-grace', flags.shutdownGrace);
-  const selfTestIntervalMs = seconds('--self-test-interval', flags.selfTestInterval);
-  const socketCheckMs = seconds('--socket-check-interval', flags.socketCheckInterval);
-
-  const recoveryKey =
-    flags.recoveryPublicKey === undefined ? undefined : await readRecoveryPublicKey(flags.recoveryPublicKey);
-  // The recovery layer is always there: values sealed earlier stay readable with sealing switched off.
-  const backend = withRecoveryLayer(
-    await createBackend(flags.backend, { flags: { ...flags, ...keyringFlags }, logger }),
-    recoveryKey === undefined ? {} : { publicKey: recoveryKey },
-  );
-  const metrics = createPluginMetrics({ version, backend: backend.name });
-  const noteKeySet = async (): Promise<string | undefined> => {
-    const set = backend.keySet?.();
-    if (set === undefined) return undefined;
-    metrics.keySet({ ...set, activeKeyID: await backend.currentKeyID() });
-    return set.fingerprint;
+  return {
+    listen,
+    endpoint: parseUnixEndpoint(listen),
+    socketMode:
+      flags.socketMode === undefined ? DEFAULT_SOCKET_MODE : parseSocketMode(flags.socketMode),
+    socketGid: flags.socketGroup === undefined ? undefined : await resolveGroup(flags.socketGroup),
+    health: parseHealthListen(flags.healthListen),
+    graceMs: seconds('--shutdown-grace', flags.shutdownGrace),
+    selfTestIntervalMs: seconds('--self-test-interval', flags.selfTestInterval),
+    socketCheckMs: seconds('--socket-check-interval', flags.socketCheckInterval),
+    recoveryKey:
+      flags.recoveryPublicKey === undefined
+        ? undefined
+        : await readRecoveryPublicKey(flags.recoveryPublicKey),
+    devKeyring,
   };
-  const service = createKmsService({
-    backend,
-    version,
-    logger,
-    observer: metrics,
-    selfTestIntervalMs,
-    statusVersion: flags.statusVersion,
-  });
-  await service.start();
+}
 
-  let kms: KmsServer;
+/** The running plugin's parts, as the signal handlers and the start-up log need them. */
+interface Plugin {
+  readonly backend: KeyBackend;
+  readonly metrics: PluginMetrics;
+  readonly service: KmsService;
+  readonly kms: KmsServer;
+  readonly healthServer: HealthServer | undefined;
+  /** False once shutdown has begun: /readyz then says "not listening". */
+  socketBound: boolean;
+}
+
+async function runServe(flags: ServeFlags, version: string): Promise<void> {
+  const logger = startLogging(flags.logLevel);
+  // SIGHUP's default action kills the process: ignore it until the real handler is installed (a
+  // reload during start-up is moot, the keys are being read anyway).
+  const ignoreHup = (): void => {};
+  process.on('SIGHUP', ignoreHup);
+
+  const options = await resolveServeOptions(flags);
+  const cleanup = createCleanupStack();
+  let plugin: Plugin;
   try {
-    kms = await startKmsServer({
-      endpoint,
-      service,
-      logger,
-      socketMode,
-      ...(socketGid === undefined ? {} : { socketGid }),
-      onCall: (r) => metrics.recordCall(r.method, grpcCodeName(r.code), r.durationSeconds),
-    });
+    plugin = await startPlugin(flags, version, options, logger, cleanup);
   } catch (err) {
-    service.stop();
-    await backend.close();
+    for (const f of await cleanup.unwind()) {
+      logger.error('start-up rollback step failed', { step: f.name, error: errorMessage(f.error) });
+    }
     throw err;
   }
-  let socketBound = true;
-
-  let healthServer: HealthServer | undefined;
-  if (health !== undefined) {
-    try {
-      healthServer = await startHealthServer({
-        ...health,
-        logger,
-        metrics: () => metrics.registry.render(),
-        checks: [
-          {
-            name: 'socket',
-            check: async () =>
-              !socketBound
-                ? 'not listening'
-                : (await kms.socketPresent())
-                  ? undefined
-                  : `socket ${endpoint.path} was removed`,
-          },
-          {
-            name: `${backend.name}-loaded`,
-            check: async () =>
-              (await backend.currentKeyID()) === '' ? 'no active key' : undefined,
-          },
-          {
-            name: 'self-test',
-            check: () => {
-              const s = service.selfTestState();
-              return s.healthy ? undefined : s.reason;
-            },
-          },
-        ],
-      });
-    } catch (err) {
-      service.stop();
-      await kms.close(0);
-      await backend.close();
-      throw err;
-    }
-  }
+  const { backend, service, kms, healthServer } = plugin;
 
   // A remote key manager may be down at start: serve anyway; Status and /readyz report it until it
   // returns, and the background self-test notices when it does.
   const activeKeyID = await backend.currentKeyID().catch(() => undefined);
-  const keyringFingerprint = activeKeyID === undefined ? undefined : await noteKeySet();
+  const keyringFingerprint = activeKeyID === undefined ? undefined : await noteKeySet(plugin);
+  const healthAddress =
+    healthServer === undefined ? undefined : `${healthServer.host}:${healthServer.port}`;
   if (flags.dev) {
     process.stdout.write(
       devBanner({
-        endpoint: listen,
-        socketPath: endpoint.path,
-        keyringPath: devKeyring?.path ?? String(flags.keyring),
-        keyringCreated: devKeyring?.created ?? false,
+        endpoint: options.listen,
+        socketPath: options.endpoint.path,
+        keyringPath: options.devKeyring?.path ?? String(flags.keyring),
+        keyringCreated: options.devKeyring?.created ?? false,
         activeKeyID: activeKeyID ?? '(key backend unavailable)',
-        health:
-          healthServer === undefined ? undefined : `${healthServer.host}:${healthServer.port}`,
+        health: healthAddress,
       }),
     );
   }
 
-  // Socket watchdog: a deleted socket file (a cleanup script, a hostPath mix-up) silently cuts the
-  // API server off; re-create it, with the same checks as at start-up.
-  const watchdog = setInterval(() => {
-    kms
-      .restoreSocket()
-      .then((restored) => {
-        if (restored)
-          logger.warn('socket file was deleted or replaced; re-created it', {
-            socket: endpoint.path,
-          });
-      })
-      .catch((err: unknown) =>
-        logger.error('socket file is missing and cannot be re-created', {
-          socket: endpoint.path,
-          error: err instanceof Error ? err.message : String(err),
-        }),
-      );
-  }, socketCheckMs);
-  watchdog.unref();
-
+  const stopWatchdog = startSocketWatchdog(
+    kms,
+    options.endpoint.path,
+    options.socketCheckMs,
+    logger,
+  );
+  const { graceMs } = options;
   installSignals({
     logger,
-    reload: async () => {
-      try {
-        await service.reload();
-        metrics.keyringReload(true);
-        logger.info('reloaded keys', {
-          backend: backend.name,
-          activeKeyID: await backend.currentKeyID().catch(() => undefined),
-          keyringFingerprint: await noteKeySet(),
-        });
-      } catch (err) {
-        metrics.keyringReload(false);
-        logger.error('reload failed; the previously loaded keys stay in service', {
-          backend: backend.name,
-          error: err instanceof Error ? err.message : String(err),
-        });
-      }
-    },
+    reload: () => reloadKeys(plugin, logger),
     shutdown: async (signal) => {
       logger.info('shutting down', { signal, graceMs });
-      clearInterval(watchdog);
+      stopWatchdog();
       service.stop();
-      socketBound = false;
+      plugin.socketBound = false;
       await kms.close(graceMs);
       await healthServer?.close();
       await backend.close();
@@ -299,17 +236,167 @@ async function runServe(flags: ServeFlags, version: string): Promise<void> {
   });
   process.off('SIGHUP', ignoreHup);
   logger.info('serving', {
-    endpoint: listen,
-    socket: endpoint.path,
+    endpoint: options.listen,
+    socket: options.endpoint.path,
     backend: backend.name,
     activeKeyID,
     keyringFingerprint,
     statusVersion: flags.statusVersion,
-    health: healthServer === undefined ? 'off' : `${healthServer.host}:${healthServer.port}`,
+    health: healthAddress ?? 'off',
     version,
     development: flags.dev,
-    recoveryKey: recoveryKey?.recipient.toString('hex') ?? 'off',
+    recoveryKey: options.recoveryKey?.recipient.toString('hex') ?? 'off',
   });
+}
+
+/** JSON logs on stderr, one object per line. */
+function startLogging(logLevel: string): Logger {
+  const level: LogLevel = isLogLevel(logLevel) ? logLevel : 'info';
+  const logger = createJsonLogger((line) => process.stderr.write(line), level);
+  // Keep stderr one JSON object per line: process warnings (e.g. an SDK's Node.js support notice)
+  // become log lines instead of Node's multi-line default output.
+  process.removeAllListeners('warning');
+  process.on('warning', (w) => logger.warn('process warning', { name: w.name, warning: w.message }));
+  return logger;
+}
+
+/**
+ * Starts the key backend, the KMS service, the socket and the health listener, in that order; each
+ * pushes its undo on `cleanup`, so a failure at any step releases what came before it, newest first.
+ */
+async function startPlugin(
+  flags: ServeFlags,
+  version: string,
+  options: ServeOptions,
+  logger: Logger,
+  cleanup: CleanupStack,
+): Promise<Plugin> {
+  const backendFlags =
+    options.devKeyring === undefined ? flags : { ...flags, keyring: options.devKeyring.path };
+  // The recovery layer is always there: values sealed earlier stay readable with sealing switched off.
+  const backend = withRecoveryLayer(
+    await createBackend(flags.backend, { flags: backendFlags, logger }),
+    options.recoveryKey === undefined ? {} : { publicKey: options.recoveryKey },
+  );
+  cleanup.push('close the key backend', () => backend.close());
+  const metrics = createPluginMetrics({ version, backend: backend.name });
+  const service = createKmsService({
+    backend,
+    version,
+    logger,
+    observer: metrics,
+    selfTestIntervalMs: options.selfTestIntervalMs,
+    statusVersion: flags.statusVersion,
+  });
+  await service.start();
+  cleanup.push('stop the KMS service', () => service.stop());
+  const kms = await startKmsServer({
+    endpoint: options.endpoint,
+    service,
+    logger,
+    socketMode: options.socketMode,
+    ...(options.socketGid === undefined ? {} : { socketGid: options.socketGid }),
+    onCall: (r) => metrics.recordCall(r.method, grpcCodeName(r.code), r.durationSeconds),
+  });
+  cleanup.push('close the KMS socket', () => kms.close(0));
+  const plugin: Plugin = { backend, metrics, service, kms, healthServer: undefined, socketBound: true };
+  if (options.health === undefined) return plugin;
+  const healthServer = await startHealthServer({
+    ...options.health,
+    logger,
+    metrics: () => metrics.registry.render(),
+    checks: readinessChecks(plugin, options.endpoint.path),
+  });
+  cleanup.push('close the health listener', () => healthServer.close());
+  return Object.assign(plugin, { healthServer });
+}
+
+/** What /readyz and /healthz check: the socket file, an active key, the background self-test. */
+function readinessChecks(plugin: Plugin, socketPath: string): ReadinessCheck[] {
+  const { backend, service, kms } = plugin;
+  return [
+    {
+      name: 'socket',
+      check: async () =>
+        !plugin.socketBound
+          ? 'not listening'
+          : (await kms.socketPresent())
+            ? undefined
+            : `socket ${socketPath} was removed`,
+    },
+    {
+      name: `${backend.name}-loaded`,
+      check: async () => ((await backend.currentKeyID()) === '' ? 'no active key' : undefined),
+    },
+    {
+      name: 'self-test',
+      check: () => {
+        const s = service.selfTestState();
+        return s.healthy ? undefined : s.reason;
+      },
+    },
+  ];
+}
+
+/**
+ * Socket watchdog: a deleted socket file (a cleanup script, a hostPath mix-up) silently cuts the API
+ * server off; re-create it, with the same checks as at start-up. Returns how to stop it.
+ */
+function startSocketWatchdog(
+  kms: KmsServer,
+  socketPath: string,
+  intervalMs: number,
+  logger: Logger,
+): () => void {
+  const watchdog = setInterval(() => {
+    kms
+      .restoreSocket()
+      .then((restored) => {
+        if (restored) {
+          logger.warn('socket file was deleted or replaced; re-created it', { socket: socketPath });
+        }
+      })
+      .catch((err: unknown) =>
+        logger.error('socket file is missing and cannot be re-created', {
+          socket: socketPath,
+          error: errorMessage(err),
+        }),
+      );
+  }, intervalMs);
+  watchdog.unref();
+  return () => clearInterval(watchdog);
+}
+
+/** Publishes the loaded key set's fingerprint (backends that have one) and returns it. */
+async function noteKeySet(plugin: Plugin): Promise<string | undefined> {
+  const set = plugin.backend.keySet?.();
+  if (set === undefined) return undefined;
+  plugin.metrics.keySet({ ...set, activeKeyID: await plugin.backend.currentKeyID() });
+  return set.fingerprint;
+}
+
+/** SIGHUP: re-read the keys; on failure the previously loaded keys stay in service. */
+async function reloadKeys(plugin: Plugin, logger: Logger): Promise<void> {
+  const { backend, metrics, service } = plugin;
+  try {
+    await service.reload();
+    metrics.keyringReload(true);
+    logger.info('reloaded keys', {
+      backend: backend.name,
+      activeKeyID: await backend.currentKeyID().catch(() => undefined),
+      keyringFingerprint: await noteKeySet(plugin),
+    });
+  } catch (err) {
+    metrics.keyringReload(false);
+    logger.error('reload failed; the previously loaded keys stay in service', {
+      backend: backend.name,
+      error: errorMessage(err),
+    });
+  }
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 async function readRecoveryPublicKey(path: string): Promise<RecoveryPublicKey> {
@@ -349,9 +436,7 @@ function installSignals(options: {
       .shutdown(signal)
       .then(() => process.exit(EXIT_OK))
       .catch((err: unknown) => {
-        options.logger.error('shutdown failed', {
-          error: err instanceof Error ? err.message : String(err),
-        });
+        options.logger.error('shutdown failed', { error: errorMessage(err) });
         process.exit(EXIT_FAILURE);
       });
   };

@@ -3,6 +3,7 @@
 // key), build and process info. Every label value
 // comes from a fixed set; unknown gRPC methods are counted as service="unknown", method="unknown".
 
+import { keyIDHash } from '../key-id.js';
 import { createRegistry, LATENCY_BUCKETS, type Registry } from './metrics.js';
 
 const KNOWN_METHOD =
@@ -20,8 +21,6 @@ export interface PluginMetrics {
   keySet(set: { fingerprint: string; keys: number; activeKeyID: string }): void;
 }
 
-import { keyIDHash } from '../key-id.js';
-
 export { keyIDHash };
 
 export function createPluginMetrics(build: {
@@ -30,7 +29,6 @@ export function createPluginMetrics(build: {
   readonly startTimeMs?: number;
 }): PluginMetrics {
   const registry = createRegistry();
-  const startSeconds = (build.startTimeMs ?? Date.now() - performance.now()) / 1000;
   registry
     .gauge('atrest_build_info', 'atrest build information; always 1.', [
       'version',
@@ -38,28 +36,69 @@ export function createPluginMetrics(build: {
       'backend',
     ])
     .set(1, { version: build.version, node_version: process.version, backend: build.backend });
-  const requests = registry.counter(
-    'atrest_grpc_requests_total',
-    'KMS gRPC calls handled, by service, method and gRPC status code.',
-    ['service', 'method', 'code'],
-  );
-  const latency = registry.histogram(
-    'atrest_grpc_request_duration_seconds',
-    'Time to answer a KMS gRPC call, by service and method.',
+  const calls = timedOperations(registry, {
+    total: 'atrest_grpc_requests_total',
+    totalHelp: 'KMS gRPC calls handled, by service, method and gRPC status code.',
+    duration: 'atrest_grpc_request_duration_seconds',
+    durationHelp: 'Time to answer a KMS gRPC call, by service and method.',
+    labels: ['service', 'method'],
+    outcomeLabel: 'code',
+  });
+  const backendOps = timedOperations(registry, {
+    total: 'atrest_backend_operations_total',
+    totalHelp:
+      'Key backend operations, by backend, operation (wrap, unwrap) and outcome (ok or the error kind).',
+    duration: 'atrest_backend_operation_duration_seconds',
+    durationHelp: 'Time taken by key backend operations.',
+    labels: ['backend', 'operation'],
+    outcomeLabel: 'outcome',
+  });
+  const selfTest = selfTestMetrics(registry);
+  const keys = keyMetrics(registry);
+  processMetrics(registry, (build.startTimeMs ?? Date.now() - performance.now()) / 1000);
+  const methodLabels = methodLabeller();
+  return {
+    registry,
+    recordCall(method, code, durationSeconds) {
+      calls(methodLabels(method), code, durationSeconds);
+    },
+    backendOperation(operation, outcome, seconds) {
+      backendOps({ backend: build.backend, operation }, outcome, seconds);
+    },
+    selfTest,
+    ...keys,
+  };
+}
+
+/**
+ * Operations counted by outcome, and their duration: a counter (labels + the outcome label) and a
+ * histogram (labels), always recorded together.
+ */
+function timedOperations(
+  registry: Registry,
+  spec: {
+    readonly total: string;
+    readonly totalHelp: string;
+    readonly duration: string;
+    readonly durationHelp: string;
+    readonly labels: readonly string[];
+    readonly outcomeLabel: string;
+  },
+): (labels: Readonly<Record<string, string>>, outcome: string, seconds: number) => void {
+  const total = registry.counter(spec.total, spec.totalHelp, [...spec.labels, spec.outcomeLabel]);
+  const duration = registry.histogram(
+    spec.duration,
+    spec.durationHelp,
     LATENCY_BUCKETS,
-    ['service', 'method'],
+    spec.labels,
   );
-  const backendOps = registry.counter(
-    'atrest_backend_operations_total',
-    'Key backend operations, by backend, operation (wrap, unwrap) and outcome (ok or the error kind).',
-    ['backend', 'operation', 'outcome'],
-  );
-  const backendLatency = registry.histogram(
-    'atrest_backend_operation_duration_seconds',
-    'Time taken by key backend operations.',
-    LATENCY_BUCKETS,
-    ['backend', 'operation'],
-  );
+  return (labels, outcome, seconds) => {
+    total.inc({ ...labels, [spec.outcomeLabel]: outcome });
+    duration.observe(seconds, labels);
+  };
+}
+
+function selfTestMetrics(registry: Registry): PluginMetrics['selfTest'] {
   const selfTestOk = registry.gauge(
     'atrest_self_test_healthy',
     '1 if the latest background wrap/unwrap self-test passed, else 0.',
@@ -71,6 +110,17 @@ export function createPluginMetrics(build: {
   const selfTests = registry.counter('atrest_self_tests_total', 'Self-tests run, by outcome.', [
     'outcome',
   ]);
+  return (ok, atMs) => {
+    selfTestOk.set(ok ? 1 : 0);
+    selfTests.inc({ outcome: ok ? 'ok' : 'failed' });
+    if (ok) selfTestLast.set(Math.floor(atMs / 1000));
+  };
+}
+
+/** The active key id (hashed), key reloads and the loaded key set. */
+function keyMetrics(
+  registry: Registry,
+): Pick<PluginMetrics, 'activeKeyID' | 'keyringReload' | 'keySet'> {
   const activeKey = registry.gauge(
     'atrest_active_key_id_info',
     'The active key id, only as "sha256:<hex>" of the id; always 1.',
@@ -90,6 +140,27 @@ export function createPluginMetrics(build: {
     ['fingerprint', 'active_key_id_hash'],
   );
   const keyringKeys = registry.gauge('atrest_keyring_keys', 'Keys loaded (active or not).');
+  return {
+    activeKeyID(keyID) {
+      activeKey.reset();
+      activeKey.set(1, { key_id_hash: keyIDHash(keyID) });
+    },
+    keyringReload(ok) {
+      reloads.inc({ outcome: ok ? 'ok' : 'failed' });
+    },
+    keySet(set) {
+      keyringInfo.reset();
+      keyringInfo.set(1, {
+        fingerprint: set.fingerprint,
+        active_key_id_hash: keyIDHash(set.activeKeyID),
+      });
+      keyringKeys.set(set.keys);
+    },
+  };
+}
+
+/** The standard process_* series, read at scrape time. */
+function processMetrics(registry: Registry, startSeconds: number): void {
   registry.counterFunc(
     'process_cpu_seconds_total',
     'User and system CPU time spent, in seconds.',
@@ -106,49 +177,19 @@ export function createPluginMetrics(build: {
     'Start time of the process since the Unix epoch in seconds.',
     () => Math.round(startSeconds),
   );
+}
 
-  // Parsed once per method path; the set is bounded (the transport reports unknown paths as 'unknown').
-  const methodLabelCache = new Map<string, { service: string; method: string }>();
-  const methodLabels = (method: string): { service: string; method: string } => {
-    let labels = methodLabelCache.get(method);
+/** gRPC method path -> service and method labels; anything unknown is "unknown". */
+function methodLabeller(): (method: string) => { service: string; method: string } {
+  // Parsed once per method path; the set is bounded (only known paths are kept).
+  const cache = new Map<string, { service: string; method: string }>();
+  return (method) => {
+    let labels = cache.get(method);
     if (labels === undefined) {
       const m = KNOWN_METHOD.exec(method);
       labels = { service: m?.[1] ?? 'unknown', method: m?.[2] ?? 'unknown' };
-      if (m !== null) methodLabelCache.set(method, labels);
+      if (m !== null) cache.set(method, labels);
     }
     return labels;
-  };
-
-  return {
-    registry,
-    recordCall(method, code, durationSeconds) {
-      const labels = methodLabels(method);
-      requests.inc({ ...labels, code });
-      latency.observe(durationSeconds, labels);
-    },
-    backendOperation(operation, outcome, seconds) {
-      backendOps.inc({ backend: build.backend, operation, outcome });
-      backendLatency.observe(seconds, { backend: build.backend, operation });
-    },
-    selfTest(ok, atMs) {
-      selfTestOk.set(ok ? 1 : 0);
-      selfTests.inc({ outcome: ok ? 'ok' : 'failed' });
-      if (ok) selfTestLast.set(Math.floor(atMs / 1000));
-    },
-    activeKeyID(keyID) {
-      activeKey.reset();
-      activeKey.set(1, { key_id_hash: keyIDHash(keyID) });
-    },
-    keyringReload(ok) {
-      reloads.inc({ outcome: ok ? 'ok' : 'failed' });
-    },
-    keySet(set) {
-      keyringInfo.reset();
-      keyringInfo.set(1, {
-        fingerprint: set.fingerprint,
-        active_key_id_hash: keyIDHash(set.activeKeyID),
-      });
-      keyringKeys.set(set.keys);
-    },
   };
 }

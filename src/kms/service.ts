@@ -13,6 +13,11 @@ import {
 import { bytesEqual } from '../bytes.js';
 import type { KeyBackend } from '../backends/backend.js';
 import { isFullyQualifiedDomainName, validateAnnotations } from '../transformers/kms-v2-validation.js';
+import type {
+  KmsV2DecryptRequest,
+  KmsV2EncryptResult,
+  KmsV2Status,
+} from '../transformers/kms-services.js';
 import { V1BETA1_API_VERSION } from '../proto/kms-v1beta1.js';
 import {
   DEFAULT_V2_STATUS_VERSION,
@@ -61,24 +66,10 @@ export interface VersionResult {
   readonly runtimeVersion: string;
 }
 
-export interface StatusResult {
-  readonly version: string;
-  readonly healthz: string;
-  readonly keyID: string;
-}
-
-export interface EncryptResult {
-  readonly ciphertext: Buffer;
-  readonly keyID: string;
-  readonly annotations: Readonly<Record<string, Buffer>>;
-}
-
-export interface DecryptInput {
-  readonly ciphertext: Uint8Array;
-  readonly uid: string;
-  readonly keyID: string;
-  readonly annotations: Readonly<Record<string, Uint8Array>>;
-}
+// v2 answers and requests have the shapes the kms v2 format uses (one definition of each).
+export type StatusResult = KmsV2Status;
+export type EncryptResult = KmsV2EncryptResult;
+export type DecryptInput = KmsV2DecryptRequest;
 
 export interface SelfTestState {
   /** True when the latest self-test passed and is younger than the max age. */

@@ -42,6 +42,20 @@ const KEYED: readonly [StoredFormat, string][] = [
   ['secretbox', PROVIDER_PREFIXES.secretbox],
 ];
 
+/** What a kms value says before its own bytes: the format, the provider name, the whole prefix. */
+interface KmsBase {
+  readonly format: 'kms-v1' | 'kms-v2';
+  readonly kmsName: string;
+  readonly prefix: string;
+}
+
+/** kms v1 and kms v2: after the prefix, a provider name, then the format's own bytes. */
+type DescribeKmsBody = (base: KmsBase, body: Buffer) => StoredValueInfo;
+const KMS: readonly [KmsBase['format'], string, DescribeKmsBody][] = [
+  ['kms-v1', PROVIDER_PREFIXES.kmsV1, describeKmsV1],
+  ['kms-v2', PROVIDER_PREFIXES.kmsV2, describeKmsV2],
+];
+
 /** Splits `<name>:` off the front; names end at the first `:` (v2 names may not contain one). */
 function splitName(rest: Buffer): { name: string; body: Buffer } | undefined {
   const colon = rest.indexOf(0x3a);
@@ -71,86 +85,79 @@ function minimumProblem(format: StoredFormat, body: Buffer): string | undefined 
 
 export function describeStoredValue(data: Uint8Array): StoredValueInfo {
   const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  if (!startsWithBytes(buf, ENCRYPTED_PREFIX)) {
-    const encoding = startsWithBytes(buf, K8S_PROTOBUF_MAGIC)
-      ? 'protobuf'
-      : buf[0] === 0x7b
-        ? 'json'
-        : 'other';
-    return { format: 'identity', encoding };
-  }
-
+  if (!startsWithBytes(buf, ENCRYPTED_PREFIX)) return describeIdentity(buf);
   for (const [format, prefix] of KEYED) {
+    if (startsWithBytes(buf, Buffer.from(prefix, 'latin1'))) {
+      return describeKeyed(buf, format, prefix);
+    }
+  }
+  for (const [format, prefix, describeBody] of KMS) {
     if (!startsWithBytes(buf, Buffer.from(prefix, 'latin1'))) continue;
     const split = splitName(buf.subarray(prefix.length));
-    if (!split) return { format, prefix, problems: ['no key name after the provider prefix'] };
-    const problem = minimumProblem(format, split.body);
+    if (!split) return { format, prefix, problems: ['no provider name after the prefix'] };
+    const base = { format, kmsName: split.name, prefix: `${prefix}${split.name}:` };
+    return describeBody(base, split.body);
+  }
+  return describeUnknown(buf);
+}
+
+function describeIdentity(buf: Buffer): StoredValueInfo {
+  const encoding = startsWithBytes(buf, K8S_PROTOBUF_MAGIC)
+    ? 'protobuf'
+    : buf[0] === 0x7b
+      ? 'json'
+      : 'other';
+  return { format: 'identity', encoding };
+}
+
+function describeKeyed(buf: Buffer, format: StoredFormat, prefix: string): StoredValueInfo {
+  const split = splitName(buf.subarray(prefix.length));
+  if (!split) return { format, prefix, problems: ['no key name after the provider prefix'] };
+  const problem = minimumProblem(format, split.body);
+  return {
+    format,
+    keyName: split.name,
+    prefix: `${prefix}${split.name}:`,
+    ...(problem ? { problems: [problem] } : {}),
+  };
+}
+
+/** kms v1 body: [L u16be][EDEK L][payload]. */
+function describeKmsV1(base: KmsBase, body: Buffer): StoredValueInfo {
+  if (body.length < 2) return { ...base, problems: ['no encrypted DEK length'] };
+  const len = body.readUInt16BE(0);
+  if (body.length < 2 + len) {
+    const problems = ['shorter than its encrypted DEK length'];
+    return { ...base, encryptedDEKLength: len, problems };
+  }
+  const payload = body.length - 2 - len;
+  const problems: string[] = [];
+  if (len === 0) problems.push('empty encrypted DEK');
+  if (payload < GCM_NONCE_SIZE + GCM_TAG_SIZE && payload < CBC_IV_SIZE + CBC_BLOCK_SIZE) {
+    problems.push('payload shorter than any cipher allows');
+  }
+  return { ...base, encryptedDEKLength: len, ...(problems.length ? { problems } : {}) };
+}
+
+/** kms v2 body: a protobuf EncryptedObject. */
+function describeKmsV2(base: KmsBase, body: Buffer): StoredValueInfo {
+  try {
+    const obj = EncryptedObject.decode(body);
+    const problems = validateEncryptedObject(obj);
     return {
-      format,
-      keyName: split.name,
-      prefix: `${prefix}${split.name}:`,
-      ...(problem ? { problems: [problem] } : {}),
+      ...base,
+      keyID: obj.keyID,
+      dekSourceType: obj.encryptedDEKSourceType,
+      annotationKeys: Object.keys(obj.annotations).sort(),
+      ...(problems.length ? { problems } : {}),
     };
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : 'error';
+    return { ...base, problems: [`EncryptedObject does not decode: ${reason}`] };
   }
+}
 
-  if (startsWithBytes(buf, Buffer.from(PROVIDER_PREFIXES.kmsV1, 'latin1'))) {
-    const prefix = PROVIDER_PREFIXES.kmsV1;
-    const split = splitName(buf.subarray(prefix.length));
-    if (!split)
-      return { format: 'kms-v1', prefix, problems: ['no provider name after the prefix'] };
-    const base = {
-      format: 'kms-v1' as const,
-      kmsName: split.name,
-      prefix: `${prefix}${split.name}:`,
-    };
-    if (split.body.length < 2) return { ...base, problems: ['no encrypted DEK length'] };
-    const len = split.body.readUInt16BE(0);
-    if (split.body.length < 2 + len) {
-      return {
-        ...base,
-        encryptedDEKLength: len,
-        problems: ['shorter than its encrypted DEK length'],
-      };
-    }
-    const payload = split.body.length - 2 - len;
-    const problems: string[] = [];
-    if (len === 0) problems.push('empty encrypted DEK');
-    if (payload < GCM_NONCE_SIZE + GCM_TAG_SIZE && payload < CBC_IV_SIZE + CBC_BLOCK_SIZE) {
-      problems.push('payload shorter than any cipher allows');
-    }
-    return { ...base, encryptedDEKLength: len, ...(problems.length ? { problems } : {}) };
-  }
-
-  if (startsWithBytes(buf, Buffer.from(PROVIDER_PREFIXES.kmsV2, 'latin1'))) {
-    const prefix = PROVIDER_PREFIXES.kmsV2;
-    const split = splitName(buf.subarray(prefix.length));
-    if (!split)
-      return { format: 'kms-v2', prefix, problems: ['no provider name after the prefix'] };
-    const base = {
-      format: 'kms-v2' as const,
-      kmsName: split.name,
-      prefix: `${prefix}${split.name}:`,
-    };
-    try {
-      const obj = EncryptedObject.decode(split.body);
-      const problems = validateEncryptedObject(obj);
-      return {
-        ...base,
-        keyID: obj.keyID,
-        dekSourceType: obj.encryptedDEKSourceType,
-        annotationKeys: Object.keys(obj.annotations).sort(),
-        ...(problems.length ? { problems } : {}),
-      };
-    } catch (err) {
-      return {
-        ...base,
-        problems: [
-          `EncryptedObject does not decode: ${err instanceof Error ? err.message : 'error'}`,
-        ],
-      };
-    }
-  }
-
+function describeUnknown(buf: Buffer): StoredValueInfo {
   const end = buf.indexOf(0x3a, ENCRYPTED_PREFIX.length);
   const shown =
     end > 0 && end - ENCRYPTED_PREFIX.length <= 32 ? buf.subarray(0, end + 1) : ENCRYPTED_PREFIX;

@@ -39,7 +39,8 @@ export type {
   TransformAttempt,
 } from './prefix.js';
 export { createKmsV1Transformer, KMS_V1_DEFAULT_CACHE_SIZE, splitKmsV1 } from './kms-v1.js';
-export type { KmsHealth, KmsV1Transformer, KmsV1TransformerOptions } from './kms-v1.js';
+export type { KmsV1Transformer, KmsV1TransformerOptions } from './kms-v1.js';
+export type { KmsHealth } from './kms-health.js';
 export {
   createKmsV2Transformer,
   decodeEncryptedObject,

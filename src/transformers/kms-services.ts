@@ -1,5 +1,8 @@
-// What the kms v1 and kms v2 formats need from a KMS plugin, as plain async functions. Implemented by
-// src/kms-client/ over a UNIX socket (and by tests); the formats never see gRPC.
+// What the kms v1 and kms v2 formats need from a KMS plugin, as plain async functions, and how a
+// failed call is reported. Implemented by src/kms-client/ over a UNIX socket (and by tests); the
+// formats never see gRPC.
+
+import { AtrestError } from '../errors.js';
 
 /** KMS v1beta1: the plugin's Encrypt/Decrypt (the client does its Version check itself). */
 export interface KmsV1Service {
@@ -31,4 +34,10 @@ export interface KmsV2Service {
   status(): Promise<KmsV2Status>;
   encrypt(plaintext: Uint8Array, uid: string): Promise<KmsV2EncryptResult>;
   decrypt(request: KmsV2DecryptRequest): Promise<Buffer>;
+}
+
+/** A plugin call failed: `<what>, error: <reason>`, the wording kube-apiserver logs; cause kept. */
+export function kmsCallFailed(what: string, cause: unknown): AtrestError {
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  return new AtrestError('ERR_KMS_CALL_FAILED', `${what}, error: ${reason}`, { cause });
 }

@@ -11,18 +11,17 @@ import { createCbcKey, CBC_IV_SIZE } from './aes-cbc.js';
 import type { CbcKey } from './aes-cbc.js';
 import { AES_KEY_SIZES, createGcmKey, defaultRandom, GCM_NONCE_SIZE } from './aes-gcm.js';
 import type { GcmKey, RandomSource } from './aes-gcm.js';
-import type { KmsV1Service } from './kms-services.js';
+import { freshHealth, type KmsHealth } from './kms-health.js';
+import { kmsCallFailed, type KmsV1Service } from './kms-services.js';
 import { LruCache } from './lru.js';
 import { PROVIDER_PREFIXES } from './prefix.js';
 import type { PrefixEntry } from './prefix.js';
+import { createSingleFlight } from './single-flight.js';
 import type { FromStorageResult, TransformContext, Transformer } from './transformer.js';
 
 export const KMS_V1_DEK_SIZE = 32;
 export const KMS_V1_EDEK_MAX = 0xffff;
 export const KMS_V1_DEFAULT_CACHE_SIZE = 1000;
-/** The probe (Encrypt "ping", Decrypt) result is reused for 20 s after success and 3 s after failure. */
-export const KMS_HEALTHZ_POSITIVE_TTL_MS = 20_000;
-export const KMS_HEALTHZ_NEGATIVE_TTL_MS = 3_000;
 
 export interface KmsV1TransformerOptions {
   readonly name: string;
@@ -42,14 +41,6 @@ export interface KmsV1TransformerOptions {
   readonly legacyCbcReads?: boolean;
 }
 
-export interface KmsHealth {
-  readonly ok: boolean;
-  /** Why not ok; never carries key material. */
-  readonly error?: AtrestError;
-  /** When the underlying check ran (ms since the epoch, from the injected clock). */
-  readonly checkedAt: number;
-}
-
 /**
  * The raw kms v1 transformer (it reads and writes what follows its prefix) that is also its own prefix
  * entry: `{ prefix: k8s:enc:kms:v1:<name>:, transformer: itself, description }`.
@@ -66,11 +57,6 @@ export interface KmsV1Transformer extends Transformer, PrefixEntry {
 interface DekTransformers {
   readonly gcm: GcmKey;
   readonly cbc: CbcKey;
-}
-
-export function kmsCallFailed(what: string, cause: unknown): AtrestError {
-  const reason = cause instanceof Error ? cause.message : String(cause);
-  return new AtrestError('ERR_KMS_CALL_FAILED', `${what}, error: ${reason}`, { cause });
 }
 
 export function createKmsV1Transformer(options: KmsV1TransformerOptions): KmsV1Transformer {
@@ -98,19 +84,13 @@ export function createKmsV1Transformer(options: KmsV1TransformerOptions): KmsV1T
     return { gcm: createGcmKey(dek), cbc: createCbcKey(dek) };
   }
 
-  /** Concurrent reads of values sharing an uncached EDEK make one Decrypt call, not one each. */
-  const pendingDecrypts = new Map<string, Promise<DekTransformers>>();
+  const decryptOnce = createSingleFlight<DekTransformers>();
 
   function dekFor(edek: Buffer): Promise<DekTransformers> {
     const cacheKey = edek.toString('base64');
     const hit = cache?.get(cacheKey);
     if (hit) return Promise.resolve(hit);
-    let pending = pendingDecrypts.get(cacheKey);
-    if (pending === undefined) {
-      pending = decryptDEK(edek, cacheKey).finally(() => pendingDecrypts.delete(cacheKey));
-      pendingDecrypts.set(cacheKey, pending);
-    }
-    return pending;
+    return decryptOnce(cacheKey, () => decryptDEK(edek, cacheKey));
   }
 
   async function decryptDEK(edek: Buffer, cacheKey: string): Promise<DekTransformers> {
@@ -182,10 +162,8 @@ export function createKmsV1Transformer(options: KmsV1TransformerOptions): KmsV1T
 
     async healthz(): Promise<KmsHealth> {
       const at = now();
-      if (health) {
-        const ttl = health.ok ? KMS_HEALTHZ_POSITIVE_TTL_MS : KMS_HEALTHZ_NEGATIVE_TTL_MS;
-        if (at - health.checkedAt < ttl) return health;
-      }
+      const fresh = freshHealth(health, at);
+      if (fresh) return fresh;
       let error: AtrestError | undefined;
       let cipher: Buffer | undefined;
       try {

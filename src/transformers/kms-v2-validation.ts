@@ -62,11 +62,12 @@ export function validateAnnotations(annotations: Readonly<Record<string, Uint8Ar
   return problems;
 }
 
-export interface EncryptedObjectFields {
-  readonly encryptedData: Uint8Array;
+/** The fields of a kms v2 EncryptedObject; `Bytes` is Buffer once decoded (kms-v2-format.ts). */
+export interface EncryptedObjectFields<Bytes extends Uint8Array = Uint8Array> {
+  readonly encryptedData: Bytes;
   readonly keyID: string;
-  readonly encryptedDEKSource: Uint8Array;
-  readonly annotations: Readonly<Record<string, Uint8Array>>;
+  readonly encryptedDEKSource: Bytes;
+  readonly annotations: Readonly<Record<string, Bytes>>;
   readonly encryptedDEKSourceType: number;
 }
 

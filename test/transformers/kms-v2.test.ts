@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { AtrestError } from '../../src/errors.js';
 import { EncryptedObject } from '../../src/proto/encrypted-object.js';
-import { createKmsV2Transformer, kmsV2CacheKey } from '../../src/transformers/kms-v2.js';
+import { createKmsV2Transformer } from '../../src/transformers/kms-v2.js';
+import { kmsV2CacheKey } from '../../src/transformers/kms-v2-format.js';
 import type { Timers } from '../../src/transformers/kms-v2.js';
 import { createFakeKmsV2, ctx, kekWrap, manualClock } from './helpers.js';
 
