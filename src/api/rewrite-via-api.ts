@@ -4,7 +4,6 @@
 // server writes it back only when the stored value is stale (read by a provider other than the current
 // write provider, or a KMS v2 key_id/DEK that is no longer current), re-encrypting it. Lists and patch
 // responses are requested as PartialObjectMetadata, so no Secret data ever reaches this process.
-
 //
 // This file is the orchestrator: per resource, the list pages feed the shared paging pool
 // (src/paging.ts) and the checkpoint follows its in-order low-water mark. The pieces: api-client.ts
