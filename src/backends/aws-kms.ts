@@ -16,6 +16,7 @@ import {
   type KMSClientConfig,
 } from '@aws-sdk/client-kms';
 import { AtrestError, BackendError, type BackendErrorKind } from '../errors.js';
+import { isNetworkError } from './network-error.js';
 import type { KekService } from './remote.js';
 
 export const AWS_KMS_BACKEND = 'aws-kms';
@@ -65,33 +66,16 @@ const UNAVAILABLE = new Set([
   'AbortError',
 ]);
 const CORRUPTION = new Set(['InvalidCiphertextException', 'IncorrectKeyException']);
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EPIPE',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'UND_ERR_SOCKET',
-]);
 
 /** Sorts an AWS SDK error into one of the five kinds. */
 export function classifyAwsError(err: unknown): BackendErrorKind {
-  const e = err as {
-    name?: string;
-    code?: string;
-    $metadata?: { httpStatusCode?: number };
-    cause?: unknown;
-  };
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
   const name = e?.name ?? '';
   if (CORRUPTION.has(name)) return 'corruption';
   if (THROTTLED.has(name)) return 'throttled';
   if (USER_INDUCED.has(name)) return 'user-induced';
   if (UNAVAILABLE.has(name)) return 'unavailable';
-  const code = e?.code ?? (e?.cause as { code?: string } | undefined)?.code;
-  if (code !== undefined && NETWORK_CODES.has(code)) return 'unavailable';
+  if (isNetworkError(err)) return 'unavailable';
   const status = e?.$metadata?.httpStatusCode;
   if (status === 429) return 'throttled';
   if (status !== undefined && status >= 500) return 'unavailable';
@@ -132,7 +116,7 @@ export function createAwsKmsService(config: AwsKmsConfig, deps: AwsKmsDeps = {})
   const client = new KMSClient({
     ...(config.region !== undefined ? { region: config.region } : {}),
     ...(config.endpoint !== undefined ? { endpoint: config.endpoint } : {}),
-    // Retries are ours (retry.ts), classified and inside the API server's timeout budget.
+    // Retries are ours (remote.ts over src/retry.ts), classified and inside the API server's timeout budget.
     maxAttempts: 1,
     ...deps.clientConfig,
   });

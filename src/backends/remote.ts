@@ -21,13 +21,7 @@ import {
   type LocalKekOptions,
   type LocalKekTier,
 } from './local-kek.js';
-import {
-  DEFAULT_RETRY_POLICY,
-  realRetryDeps,
-  withRetry,
-  type RetryDeps,
-  type RetryPolicy,
-} from './retry.js';
+import { REAL_CLOCK, withRetry, type RetryClock, type RetryOptions } from '../retry.js';
 import type { Logger } from '../logger.js';
 import { silentLogger } from '../logger.js';
 
@@ -78,6 +72,44 @@ export interface RemoteBackendOptions {
   readonly background?: boolean;
 }
 
+/**
+ * Retries of one remote call: only while its failure is transient (throttled or unavailable), with
+ * exponential backoff and full jitter, inside a total time budget below kube-apiserver's per-call
+ * timeout (3 s by default). Every other kind fails at once: a user-induced error such as a wrong HSM
+ * PIN must never be retried in a loop (HSMs lock the token after a few wrong PINs).
+ */
+export interface RetryPolicy {
+  /** Most attempts in total, the first included. */
+  readonly attempts: number;
+  /** First backoff ceiling; doubles per attempt. */
+  readonly baseDelayMs: number;
+  readonly maxDelayMs: number;
+  /** No new attempt starts once this much time has passed since the first. */
+  readonly budgetMs: number;
+}
+
+export const DEFAULT_RETRY_POLICY: RetryPolicy = {
+  attempts: 4,
+  baseDelayMs: 50,
+  maxDelayMs: 800,
+  budgetMs: 2500,
+};
+
+/** Time, sleeping and jitter of the retries (tests inject their own). */
+export type RetryDeps = RetryClock;
+
+/** The options of src/retry.ts that carry out a RetryPolicy for a remote key manager. */
+export function remoteRetryOptions(policy: RetryPolicy, clock: RetryDeps): RetryOptions {
+  return {
+    ...policy,
+    jitter: true,
+    atBudget: 'give-up',
+    isRetryable: (err) =>
+      err instanceof BackendError && (err.kind === 'throttled' || err.kind === 'unavailable'),
+    clock,
+  };
+}
+
 function describe(err: unknown): { kind: BackendErrorKind; message: string } {
   if (err instanceof BackendError) return { kind: err.kind, message: err.message };
   if (err instanceof AtrestError) return { kind: 'user-induced', message: err.message };
@@ -95,7 +127,7 @@ export function createRemoteBackend(
   const refreshRetryMs = options.refreshRetryMs ?? 5_000;
   const callTimeoutMs = options.callTimeoutMs ?? 2_000;
   const policy = options.retry ?? DEFAULT_RETRY_POLICY;
-  const retryDeps = options.retryDeps ?? realRetryDeps;
+  const retryOptions = remoteRetryOptions(policy, options.retryDeps ?? REAL_CLOCK);
   const tierEnabled = options.localKEK !== false;
   const counts = { resolve: 0, encrypt: 0, decrypt: 0 };
 
@@ -116,14 +148,15 @@ export function createRemoteBackend(
     cancel?: AbortSignal,
   ): Promise<T> {
     return withRetry(
-      async () => {
-        cancel?.throwIfAborted();
-        counts[what]++;
+      () => {
         const timeout = AbortSignal.timeout(callTimeoutMs);
         return op(cancel === undefined ? timeout : AbortSignal.any([timeout, cancel]));
       },
-      policy,
-      retryDeps,
+      {
+        ...retryOptions,
+        ...(cancel === undefined ? {} : { signal: cancel }),
+        onAttempt: () => void counts[what]++,
+      },
     ).then(
       (v) => {
         markOk();

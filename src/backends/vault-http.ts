@@ -4,6 +4,7 @@
 
 import { Agent, request } from 'undici';
 import { BackendError, type BackendErrorKind } from '../errors.js';
+import { errorCode, isNetworkError } from './network-error.js';
 
 export const VAULT_TRANSIT_BACKEND = 'vault-transit';
 /** A Transit answer is a few hundred bytes; more than this is not a Vault we talk to. */
@@ -37,23 +38,6 @@ export interface VaultHttp {
   close(): Promise<void>;
 }
 
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EPIPE',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'UND_ERR_SOCKET',
-  'UND_ERR_CONNECT_TIMEOUT',
-  'UND_ERR_HEADERS_TIMEOUT',
-  'UND_ERR_BODY_TIMEOUT',
-  'UND_ERR_CLOSED',
-  'UND_ERR_DESTROYED',
-]);
-
 /** The kind of a failed HTTP status from Vault. */
 export function classifyVaultStatus(status: number): BackendErrorKind {
   if (status === 429 || status === 473) return 'throttled'; // 429: rate limit / standby; 473: perf standby
@@ -72,8 +56,8 @@ export function vaultErrors(body: Record<string, unknown>): string {
 }
 
 function transportError(what: string, err: unknown): BackendError {
-  const e = err as { name?: string; code?: string; cause?: { code?: string } };
-  const code = e?.code ?? e?.cause?.code;
+  const e = err as { name?: string };
+  const code = errorCode(err);
   const aborted = e?.name === 'AbortError' || e?.name === 'TimeoutError';
   const detail = aborted ? 'timed out' : (code ?? e?.name ?? 'error');
   // An untrusted or mismatching server certificate is a configuration problem, not an outage.
@@ -86,7 +70,7 @@ function transportError(what: string, err: unknown): BackendError {
     );
   }
   const kind: BackendErrorKind =
-    aborted || (code !== undefined && NETWORK_CODES.has(code)) ? 'unavailable' : 'other';
+    aborted || isNetworkError(err) ? 'unavailable' : 'other';
   return new BackendError(VAULT_TRANSIT_BACKEND, kind, `${what}: cannot reach Vault (${detail})`, {
     cause: err,
   });

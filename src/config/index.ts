@@ -15,26 +15,5 @@ export type { GroupResource, ResolvedResource } from './resolve.js';
 export { buildTransformers } from './build.js';
 export type { BuildDeps, BuiltTransformers, Closable, KmsProviderHandle, WriteProvider } from './build.js';
 export { parseGoDuration } from './go-syntax.js';
-export {
-  API_VERSION,
-  createKey,
-  DEFAULT_KMS_API_VERSION,
-  DEFAULT_KMS_CACHESIZE,
-  DEFAULT_KMS_TIMEOUT,
-  KIND,
-  LEGACY_API_VERSION,
-  LEGACY_KIND,
-  providerType,
-} from './types.js';
-export type {
-  AESConfiguration,
-  ConfigOptions,
-  EncryptionConfiguration,
-  IdentityConfiguration,
-  Key,
-  KMSConfiguration,
-  ProviderConfiguration,
-  ProviderType,
-  ResourceConfiguration,
-  SecretboxConfiguration,
-} from './types.js';
+// Every name in types.ts (the configuration's types, kinds and defaults) is public.
+export * from './types.js';

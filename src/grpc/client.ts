@@ -6,6 +6,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { MESSAGE_PREFIX, formatGrpcTimeout, frameMessage } from './framing.js';
 import { GRPC_CODE, GrpcStatusError, decodeGrpcMessage, isGrpcCode, type GrpcCode } from './status.js';
+import { REAL_CLOCK, withRetry, type RetryOptions } from '../retry.js';
 
 export interface GrpcClientOptions {
   /** A net address as in UnixEndpoint.address: a path, or '\0name' for an abstract socket. */
@@ -24,8 +25,6 @@ export interface GrpcClientClock {
   sleep(ms: number, signal: AbortSignal | undefined): Promise<void>;
 }
 
-const REAL_CLOCK: GrpcClientClock = { now: () => Date.now(), sleep };
-
 export interface GrpcClient {
   unary(
     method: string,
@@ -41,6 +40,25 @@ const BACKOFF_MAX_MS = 500;
 
 /** An attempt that never reached the server's handler: safe to retry on a new connection. */
 class Retryable extends Error {}
+
+type Backoff = Pick<RetryOptions, 'attempts' | 'baseDelayMs' | 'maxDelayMs' | 'atBudget' | 'isRetryable'>;
+
+/** Wait-for-ready: dial with exponential backoff, the last wait cut to end at the deadline. */
+const DIAL_BACKOFF: Backoff = {
+  attempts: Infinity,
+  baseDelayMs: BACKOFF_FIRST_MS,
+  maxDelayMs: BACKOFF_MAX_MS,
+  atBudget: 'last-attempt',
+  isRetryable: (err) => !(err instanceof GrpcStatusError),
+};
+
+/** A stream that never reached the handler is sent again, on a new connection if need be. */
+const REFUSED_BACKOFF: Backoff = {
+  attempts: Infinity,
+  baseDelayMs: BACKOFF_FIRST_MS,
+  maxDelayMs: BACKOFF_FIRST_MS,
+  isRetryable: (err) => err instanceof Retryable,
+};
 
 function httpStatusToCode(status: number): GrpcCode {
   switch (status) {
@@ -97,38 +115,39 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
     });
   }
 
-  async function getSession(deadline: number, signal: AbortSignal | undefined): Promise<http2.ClientHttp2Session> {
-    let backoff = BACKOFF_FIRST_MS;
+  /** Retries end at the call's deadline, or when its caller gives up. */
+  function untilDeadline(deadline: number, signal: AbortSignal | undefined): Partial<RetryOptions> {
+    return { budgetMs: deadline - clock.now(), clock, ...(signal === undefined ? {} : { signal }) };
+  }
+
+  /** The open session, or a new one; a failed dial is what wait-for-ready retries. */
+  async function sessionOrDial(): Promise<http2.ClientHttp2Session> {
     for (;;) {
       if (closed) throw new GrpcStatusError(GRPC_CODE.CANCELLED, 'the client is closed');
       if (usable(session)) return session;
       dialing ??= dialOnce().finally(() => {
         dialing = undefined;
       });
-      let lastError: unknown;
-      try {
-        const s = await dialing;
-        if (closed) {
-          s.destroy();
-          continue;
-        }
-        if (!usable(session)) session = s;
-        else if (session !== s) s.destroy();
+      const s = await dialing;
+      if (closed) {
+        s.destroy();
         continue;
-      } catch (err) {
-        lastError = err;
       }
-      // Wait-for-ready: the plugin may not be up yet. Retry until the deadline.
-      const remaining = deadline - clock.now();
-      if (remaining <= 0) {
-        throw new GrpcStatusError(
-          GRPC_CODE.DEADLINE_EXCEEDED,
-          `deadline exceeded while connecting: ${(lastError as Error)?.message ?? 'no connection'}`,
-          { cause: lastError },
-        );
-      }
-      await clock.sleep(Math.min(backoff, remaining), signal);
-      backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
+      if (!usable(session)) session = s;
+      else if (session !== s) s.destroy();
+    }
+  }
+
+  async function getSession(deadline: number, signal: AbortSignal | undefined): Promise<http2.ClientHttp2Session> {
+    try {
+      return await withRetry(sessionOrDial, { ...DIAL_BACKOFF, ...untilDeadline(deadline, signal) });
+    } catch (err) {
+      if (err instanceof GrpcStatusError || signal?.aborted === true) throw err;
+      throw new GrpcStatusError(
+        GRPC_CODE.DEADLINE_EXCEEDED,
+        `deadline exceeded while connecting: ${(err as Error)?.message ?? 'no connection'}`,
+        { cause: err },
+      );
     }
   }
 
@@ -261,27 +280,24 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
       const deadline = clock.now() + timeoutMs;
       if (signal?.aborted) throw new GrpcStatusError(GRPC_CODE.CANCELLED, `call to ${method} cancelled`);
       inFlight++;
-      try {
-        for (;;) {
-          let s: http2.ClientHttp2Session;
-          try {
-            s = await getSession(deadline, signal);
-          } catch (err) {
-            if (err instanceof GrpcStatusError) throw err;
-            throw new GrpcStatusError(GRPC_CODE.CANCELLED, `call to ${method} cancelled`, { cause: err });
-          }
-          if (inFlight > 0) s.ref();
-          try {
-            return await attempt(s, method, message, deadline, signal);
-          } catch (err) {
-            if (!(err instanceof Retryable)) throw err;
-            if (session === s) session = undefined;
-            await clock.sleep(BACKOFF_FIRST_MS, signal).catch(() => {});
-            if (clock.now() >= deadline) {
-              throw new GrpcStatusError(GRPC_CODE.DEADLINE_EXCEEDED, `deadline exceeded calling ${method}`, { cause: err });
-            }
-          }
+      const onSession = async (): Promise<Buffer> => {
+        const s = await getSession(deadline, signal);
+        if (inFlight > 0) s.ref();
+        try {
+          return await attempt(s, method, message, deadline, signal);
+        } catch (err) {
+          if (err instanceof Retryable && session === s) session = undefined;
+          throw err;
         }
+      };
+      try {
+        return await withRetry(onSession, { ...REFUSED_BACKOFF, ...untilDeadline(deadline, signal) });
+      } catch (err) {
+        if (err instanceof GrpcStatusError) throw err;
+        if (err instanceof Retryable) {
+          throw new GrpcStatusError(GRPC_CODE.DEADLINE_EXCEEDED, `deadline exceeded calling ${method}`, { cause: err });
+        }
+        throw new GrpcStatusError(GRPC_CODE.CANCELLED, `call to ${method} cancelled`, { cause: err });
       } finally {
         inFlight--;
         if (inFlight === 0 && usable(session)) session.unref();
@@ -303,19 +319,4 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
       });
     },
   };
-}
-
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(signal!.reason);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }

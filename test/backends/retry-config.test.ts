@@ -1,9 +1,10 @@
-// Retry policy (src/backends/retry.ts) and the backend configuration file (src/backends/config.ts).
+// The remote backends' retry policy (src/backends/remote.ts over src/retry.ts) and the backend configuration file (src/backends/config.ts).
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { BackendError, ConfigInvalidError } from '../../src/errors.js';
-import { withRetry, type RetryDeps } from '../../src/backends/retry.js';
+import { withRetry as runWithRetry } from '../../src/retry.js';
+import { remoteRetryOptions, type RetryDeps, type RetryPolicy } from '../../src/backends/remote.js';
 import { parseBackendConfig, parseDuration, resolveSecret } from '../../src/backends/config.js';
 
 function fakeClock(): RetryDeps & { slept: number[]; advance(ms: number): void } {
@@ -21,7 +22,12 @@ function fakeClock(): RetryDeps & { slept: number[]; advance(ms: number): void }
   };
 }
 
-const policy = { attempts: 4, baseDelayMs: 100, maxDelayMs: 300, budgetMs: 1000 };
+const policy: RetryPolicy = { attempts: 4, baseDelayMs: 100, maxDelayMs: 300, budgetMs: 1000 };
+
+/** The retry loop as the remote backends run it. */
+function withRetry<T>(op: (attempt: number) => Promise<T>, p: RetryPolicy, clock: RetryDeps): Promise<T> {
+  return runWithRetry(op, remoteRetryOptions(p, clock));
+}
 
 describe('retry', () => {
   it('retries throttled and unavailable failures with growing, capped, jittered delays', async () => {

@@ -5,6 +5,7 @@
 
 import { connect, type TLSSocket } from 'node:tls';
 import { BackendError, type BackendErrorKind } from '../../errors.js';
+import { isNetworkError } from '../network-error.js';
 import { decodeTtlv, encodeTtlv, ttlvMessageLength, type TtlvItem } from './ttlv.js';
 
 export const KMIP_BACKEND = 'kmip';
@@ -28,21 +29,10 @@ export interface KmipPool {
   close(): void;
 }
 
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EPIPE',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-]);
-
 /** Socket and TLS errors: the network is unavailable; a refused certificate is the operator's to fix. */
 export function classifySocketError(err: unknown): BackendErrorKind {
   const code = (err as { code?: string })?.code ?? '';
-  if (NETWORK_CODES.has(code)) return 'unavailable';
+  if (isNetworkError(err)) return 'unavailable';
   if (
     code.startsWith('ERR_SSL_') ||
     code.startsWith('ERR_TLS_') ||
