@@ -222,6 +222,7 @@ function selectedPages(run: Run, range: KeyRange): AsyncIterable<WorkPage<Select
 /** 1. Decrypt everything still to do; count what needs rewriting and list what does not decrypt. */
 async function preflightPass(run: Run): Promise<{ preflight: Preflight; undecryptableTotal: number }> {
   const preflight = { scanned: 0, toRewrite: 0, current: 0, undecryptable: 0 };
+  run.options.onProgress?.({ phase: 'preflight', done: 0, total: run.options.total ?? 0, rewritten: 0 });
   for (const range of run.pending) {
     await forEachInPages(
       selectedPages(run, range),
@@ -288,6 +289,7 @@ async function rewritePass(run: Run, total: number): Promise<void> {
     beforeWrite: options.beforeWrite,
   });
   let done = 0;
+  options.onProgress?.({ phase: 'rewrite', done, total, rewritten: run.counts.rewritten });
   for (const range of run.pending) {
     const chunked = async function* (): AsyncGenerator<WorkPage<SelectedValue[], Buffer>> {
       for await (const page of selectedPages(run, range)) {
@@ -308,6 +310,7 @@ async function rewritePass(run: Run, total: number): Promise<void> {
 /** 3. Scan everything covered (from the start of each range, not just this run's part). */
 async function verificationScan(run: Run, total: number): Promise<ScanReport> {
   const { options } = run;
+  options.onProgress?.({ phase: 'verify', done: 0, total: options.total ?? total, rewritten: run.counts.rewritten });
   return scan({
     source: options.store,
     selection: options.selection,
