@@ -6,16 +6,13 @@ import { Option, type Command } from 'commander';
 import { rmSync } from 'node:fs';
 import { createJsonLogger } from '../logger.js';
 import { loadKubeConfig } from './kubeconfig.js';
-import { rewrite, UndecryptableValuesError, type RewriteReport } from '../etcd/rewrite.js';
+import { DEFAULT_CONCURRENCY, rewrite, UndecryptableValuesError, type RewriteReport } from '../etcd/rewrite.js';
 import { assertSelectionNotEmpty } from '../etcd/empty-selection.js';
+import type { Selection } from '../etcd/selection.js';
+import { MAX_TXN_KEYS } from '../etcd/txn-batch.js';
+import type { EtcdClient } from '../etcd/client.js';
 import type { ApiServerKeyState } from '../api/apiserver-key-id.js';
-import {
-  addApiServerCheckOptions,
-  confirmApiServers,
-  expectedKmsV2Keys,
-  renderApiServerStates,
-  type ApiServerCheckFlags,
-} from './apiserver-check.js';
+import * as apiserverCheck from './apiserver-check.js';
 import { describeError, EXIT_FINDINGS } from './exit.js';
 import {
   addEtcdOptions,
@@ -33,13 +30,14 @@ import { parseOutputFormat, renderJson, renderTable } from './output.js';
 import { createProgress } from './progress.js';
 import { renderScanReport } from './scan.js';
 
-interface RewriteFlags extends EtcdFlags, ApiServerCheckFlags {
+interface RewriteFlags extends EtcdFlags, apiserverCheck.ApiServerCheckFlags {
   readonly encryptionConfig?: string;
   readonly resource?: string;
   readonly all?: boolean;
   readonly dryRun?: boolean;
   readonly concurrency: string;
   readonly rate: string;
+  readonly txnKeys: string;
   readonly resume?: string;
   readonly skipUndecryptable?: boolean;
   readonly output: string;
@@ -81,7 +79,7 @@ export function renderRewriteReport(r: RewriteReport, apiservers: readonly ApiSe
     for (const f of r.failures.slice(0, 50)) out += `  ${f.key}: ${f.reason}\n`;
   }
   if (r.finalScan) out += `\nverification scan of everything covered (${r.selection}):\n${renderScanReport(r.finalScan, 'verification')}`;
-  if (apiservers.length > 0) out += `\n${renderApiServerStates(apiservers)}`;
+  if (apiservers.length > 0) out += `\n${apiserverCheck.renderApiServerStates(apiservers)}`;
   if (r.dryRun) {
     out += `\ndry run: ${r.preflight.toRewrite} value(s) would be rewritten; nothing was written\n`;
   } else {
@@ -108,8 +106,13 @@ export function registerRewrite(program: Command): void {
     .option('--resource <list>', 'resources to rewrite, as in the config: secrets,configmaps,*.apps')
     .option('--all', 'every key under --etcd-prefix')
     .option('--dry-run', 'check (and decrypt) everything, report what would be rewritten, write nothing')
-    .option('--concurrency <n>', 'keys rewritten in parallel', '8')
+    .option('--concurrency <n>', 'etcd transactions (and KMS calls) in flight', String(DEFAULT_CONCURRENCY))
     .option('--rate <writes-per-second>', 'limit writes per second (0 = unlimited)', '0')
+    .option(
+      '--txn-keys <n>',
+      `keys written per etcd transaction, 1-${MAX_TXN_KEYS} (lower it for an etcd with a lower --max-txn-ops)`,
+      String(MAX_TXN_KEYS),
+    )
     .option('--resume <file>', 'checkpoint file: created if missing, continued if present, removed when done')
     .option('--skip-undecryptable', 'rewrite the rest when some values cannot be decrypted (they are listed, never touched)')
     .addOption(new Option('-o, --output <format>', 'table or json').default('table'))
@@ -120,91 +123,116 @@ export function registerRewrite(program: Command): void {
     )
     .option('--context <name>', 'kubeconfig context')
     .option('--allow-empty', 'accept a prefix or resource that holds no key (otherwise exit status 4)');
-  addApiServerCheckOptions(cmd, false);
+  apiserverCheck.addApiServerCheckOptions(cmd, false);
   addEtcdOptions(cmd);
   cmd.action(async (flags: RewriteFlags) => {
     const output = parseOutputFormat(flags.output);
     const concurrency = parsePositiveInt('--concurrency', flags.concurrency);
     const rate = parseRate(flags.rate);
     if (flags.all && flags.resource !== undefined) throw usageError('--all', 'use either --all or --resource');
-    if (flags.viaApi) {
-      await rewriteViaApi(flags, concurrency, rate, output);
+    if (flags.viaApi) await rewriteViaApi(flags, concurrency, rate, output);
+    else await rewriteInEtcd(flags, { concurrency, rate, output });
+  });
+}
+
+interface EtcdRewriteSettings {
+  readonly concurrency: number;
+  readonly rate: number;
+  readonly output: 'table' | 'json';
+}
+
+function parseTxnKeys(value: string): number {
+  const n = parsePositiveInt('--txn-keys', value);
+  if (n > MAX_TXN_KEYS) throw usageError('--txn-keys', `"${value}" must be at most ${MAX_TXN_KEYS} (etcd's default --max-txn-ops)`);
+  return n;
+}
+
+async function countSelected(client: EtcdClient, selection: Selection): Promise<number> {
+  let total = 0;
+  for (const r of selection.ranges) total += (await client.range(r.start, { rangeEnd: r.end, countOnly: true })).count;
+  return total;
+}
+
+async function rewriteInEtcd(flags: RewriteFlags, settings: EtcdRewriteSettings): Promise<void> {
+  if (flags.encryptionConfig === undefined) {
+    throw usageError('--encryption-config', 'required (the providers and keys to rewrite with)');
+  }
+  const { concurrency, rate } = settings;
+  const maxKeys = parseTxnKeys(flags.txnKeys);
+  const etcdPrefix = etcdPrefixOf(flags);
+  const enc = await openEncryption({ configPath: flags.encryptionConfig, etcdPrefix, mode: flags.dryRun ? 'read' : 'write' });
+  const client = createEtcdClient(flags, concurrency);
+  const progress = createProgress({ label: 'rewrite' });
+  try {
+    for (const w of enc.warnings) process.stderr.write(`warning: ${w}\n`);
+    const selection = selectionFromFlags(flags, etcdPrefix, enc.config);
+    if (!flags.allowEmpty) await assertSelectionNotEmpty('rewrite', client, selection, etcdPrefix);
+    // Before writing: a kube-apiserver still on the old key_id would keep writing values that need it.
+    const expected = apiserverCheck.expectedKmsV2Keys(enc);
+    if (!flags.dryRun) await apiserverCheck.confirmApiServers('rewrite', flags, expected);
+    const total = await countSelected(client, selection);
+    let report: RewriteReport;
+    try {
+      report = await rewrite({
+        store: client,
+        selection,
+        policies: enc.policies,
+        configHash: enc.configHash,
+        etcdPrefix,
+        concurrency,
+        rate,
+        batchLimits: { maxKeys },
+        ...(flags.dryRun ? { dryRun: true } : {}),
+        ...(flags.resume !== undefined ? { checkpointPath: flags.resume } : {}),
+        ...(flags.skipUndecryptable ? { skipUndecryptable: true } : {}),
+        total,
+        onProgress: (p) => progress.update(p.done, p.total, p.phase),
+      });
+    } catch (err) {
+      if (!(err instanceof UndecryptableValuesError)) throw err;
+      progress.finish();
+      process.stderr.write(`atrest: ${err.message}\n`);
+      process.exitCode = EXIT_FINDINGS;
       return;
     }
-    if (flags.encryptionConfig === undefined) {
-      throw usageError('--encryption-config', 'required (the providers and keys to rewrite with)');
-    }
-    const etcdPrefix = etcdPrefixOf(flags);
-    const enc = await openEncryption({
-      configPath: flags.encryptionConfig,
-      etcdPrefix,
-      mode: flags.dryRun ? 'read' : 'write',
-    });
-    const client = createEtcdClient(flags, concurrency);
-    const progress = createProgress({ label: 'rewrite' });
+    progress.finish();
+    await reportRewrite(flags, settings.output, report, expected);
+  } finally {
+    progress.finish();
+    await client.close();
+    await enc.close();
+  }
+}
+
+/** Prints the report; "converged" also needs every API server writing with the current key_id. */
+async function reportRewrite(
+  flags: RewriteFlags,
+  output: 'table' | 'json',
+  result: RewriteReport,
+  expected: ReturnType<typeof apiserverCheck.expectedKmsV2Keys>,
+): Promise<void> {
+  let report = result;
+  let apiservers: readonly ApiServerKeyState[] = [];
+  let apiserverProblem: string | undefined;
+  if (!report.dryRun && report.converged) {
     try {
-      for (const w of enc.warnings) process.stderr.write(`warning: ${w}\n`);
-      const selection = selectionFromFlags(flags, etcdPrefix, enc.config);
-      if (!flags.allowEmpty) await assertSelectionNotEmpty('rewrite', client, selection, etcdPrefix);
-      // Before writing: a kube-apiserver still on the old key_id would keep writing values that need it.
-      const expected = expectedKmsV2Keys(enc);
-      if (!flags.dryRun) await confirmApiServers('rewrite', flags, expected);
-      let total = 0;
-      for (const r of selection.ranges) total += (await client.range(r.start, { rangeEnd: r.end, countOnly: true })).count;
-      let report: RewriteReport;
-      try {
-        report = await rewrite({
-          store: client,
-          selection,
-          policies: enc.policies,
-          configHash: enc.configHash,
-          etcdPrefix,
-          concurrency,
-          rate,
-          ...(flags.dryRun ? { dryRun: true } : {}),
-          ...(flags.resume !== undefined ? { checkpointPath: flags.resume } : {}),
-          ...(flags.skipUndecryptable ? { skipUndecryptable: true } : {}),
-          total,
-          onProgress: (p) => progress.update(p.done, p.total, p.phase),
-        });
-      } catch (err) {
-        progress.finish();
-        if (err instanceof UndecryptableValuesError) {
-          process.stderr.write(`atrest: ${err.message}\n`);
-          process.exitCode = EXIT_FINDINGS;
-          return;
-        }
-        throw err;
-      }
-      progress.finish();
-      // And after: the verdict "converged" includes every API server writing with the current key_id.
-      let apiservers: readonly ApiServerKeyState[] = [];
-      let apiserverProblem: string | undefined;
-      if (!report.dryRun && report.converged) {
-        try {
-          apiservers = await confirmApiServers('rewrite', flags, expected);
-        } catch (err) {
-          apiserverProblem = describeError(err);
-          report = { ...report, converged: false };
-        }
-      }
-      process.stdout.write(
-        output === 'json'
-          ? renderJson({ ...report, apiservers, ...(apiserverProblem ? { apiserverProblem } : {}) })
-          : renderRewriteReport(report, apiservers),
-      );
-      if (apiserverProblem !== undefined) process.stderr.write(`atrest: ${apiserverProblem}\n`);
-      if (!report.dryRun && report.converged && flags.resume !== undefined) {
-        rmSync(flags.resume, { force: true });
-        if (output !== 'json') process.stdout.write(`checkpoint ${flags.resume} removed (rewrite complete)\n`);
-      }
-      if (!report.dryRun && (!report.converged || report.undecryptable.length > 0)) process.exitCode = EXIT_FINDINGS;
-    } finally {
-      progress.finish();
-      await client.close();
-      await enc.close();
+      apiservers = await apiserverCheck.confirmApiServers('rewrite', flags, expected);
+    } catch (err) {
+      apiserverProblem = describeError(err);
+      report = { ...report, converged: false };
     }
-  });
+  }
+  process.stdout.write(
+    output === 'json'
+      ? renderJson({ ...report, apiservers, ...(apiserverProblem ? { apiserverProblem } : {}) })
+      : renderRewriteReport(report, apiservers),
+  );
+  if (apiserverProblem !== undefined) process.stderr.write(`atrest: ${apiserverProblem}\n`);
+  if (!report.dryRun && report.converged && flags.resume !== undefined) {
+    rmSync(flags.resume, { force: true });
+    if (output !== 'json') process.stdout.write(`checkpoint ${flags.resume} removed (rewrite complete)\n`);
+  }
+  if (!report.dryRun && (!report.converged || report.undecryptable.length > 0)) process.exitCode = EXIT_FINDINGS;
 }
 
 async function rewriteViaApi(flags: RewriteFlags, concurrency: number, rate: number, output: 'table' | 'json'): Promise<void> {

@@ -60,6 +60,20 @@ export interface CompareAndPutResult {
   readonly revision: number;
 }
 
+export interface CompareAndPutItem {
+  readonly key: Uint8Array;
+  readonly value: Uint8Array;
+  readonly modRevision: number;
+}
+
+export interface CompareAndPutBatchResult {
+  /** True when every key still had its modRevision and every value was written, in one transaction. */
+  readonly succeeded: boolean;
+  /** One entry per item, in order: on success the value as stored (read back in the same transaction); on failure the current value, or undefined when the key is gone. */
+  readonly current: (KeyValue | undefined)[];
+  readonly revision: number;
+}
+
 export interface EtcdStatus {
   readonly version: string;
   readonly dbSize: number;
@@ -273,6 +287,33 @@ export class EtcdClient {
     const last = ranges[ranges.length - 1];
     const kv = last?.kvs?.[0];
     return { succeeded, current: kv ? toKv(kv) : undefined, revision: num(raw.header?.revision) };
+  }
+
+  /** One etcd transaction: compare each key's mod_revision; success = put each value and range each key; failure = range each key. */
+  async compareAndPutBatch(items: readonly CompareAndPutItem[]): Promise<CompareAndPutBatchResult> {
+    const keys = items.map((item) => b64(item.key));
+    const raw = await this.call<RawTxn>('/v3/kv/txn', {
+      compare: items.map((item, i) => ({
+        target: 'MOD',
+        result: 'EQUAL',
+        key: keys[i],
+        mod_revision: String(item.modRevision),
+      })),
+      success: [
+        ...items.map((item, i) => ({ request_put: { key: keys[i], value: b64(item.value) } })),
+        ...keys.map((key) => ({ request_range: { key } })),
+      ],
+      failure: keys.map((key) => ({ request_range: { key } })),
+    });
+    // Responses follow the branch's ops: on success the puts come first, then one range per item.
+    const succeeded = raw.succeeded === true;
+    const first = succeeded ? items.length : 0;
+    const responses = raw.responses ?? [];
+    const current = items.map((_, i) => {
+      const kv = responses[first + i]?.response_range?.kvs?.[0];
+      return kv ? toKv(kv) : undefined;
+    });
+    return { succeeded, current, revision: num(raw.header?.revision) };
   }
 
   async status(): Promise<EtcdStatus> {

@@ -4,9 +4,10 @@
 // Safety rules, in order:
 //   1. A preflight pass decrypts everything first; undecryptable values stop the run before any write
 //      unless skipUndecryptable, and are never touched.
-//   2. Each write is one etcd transaction: IF mod_revision == what we read THEN put + read back ELSE
-//      read. A concurrent write (by kube-apiserver) makes the compare fail; we re-read and decide again,
-//      so a newer value is never overwritten with an older plaintext.
+//   2. Each write is conditional: IF mod_revision == what we read THEN put + read back ELSE read, for
+//      up to 64 keys in one etcd transaction (rewrite-keys.ts). A concurrent write (by kube-apiserver)
+//      makes the compare fail; nothing of that transaction is written, its keys are re-read and decided
+//      again one by one, so a newer value is never overwritten with an older plaintext.
 //   3. The value read back in the same transaction must be byte-identical to what we wrote and must
 //      decrypt, as current, to the same plaintext; otherwise the previous bytes are put back
 //      (conditionally) and the key is reported as failed. Only then does a key count as rewritten.
@@ -14,33 +15,17 @@
 
 import { createHash } from 'node:crypto';
 import { AtrestError } from '../errors.js';
-import { bytesEqual } from '../bytes.js';
 import { emptyCounts, readCheckpoint, writeCheckpoint, CHECKPOINT_VERSION, type Checkpoint, type CheckpointCounts } from './checkpoint.js';
-import { keyAfter, type CompareAndPutResult, type KeyValue } from './client.js';
-import type { PolicyResolver, ResourcePolicy } from './policy.js';
+import { keyAfter } from './client.js';
+import type { PolicyResolver } from './policy.js';
 import { createRateLimiter } from './rate-limit.js';
-import { classifyValue, scan, providersTried, type ScanReport } from './scan.js';
+import { createKeyRewriter, type FailedValue, type KeyOutcome, type RewriteStore, type SelectedValue, type UndecryptableValue } from './rewrite-keys.js';
+import { classifyValue, scan, type ScanReport } from './scan.js';
 import type { KeyRange, Selection } from './selection.js';
-import { forEachInPages, type KeyValueSource, type WorkPage } from './source.js';
+import { forEachInPages, type WorkPage } from './source.js';
+import { DEFAULT_BATCH_LIMITS, planBatches, txnBytesOf, type BatchLimits } from './txn-batch.js';
 
-/** What rewrite needs from etcd (EtcdClient implements it). */
-export interface RewriteStore extends KeyValueSource {
-  compareAndPut(key: Uint8Array, value: Uint8Array, modRevision: number): Promise<CompareAndPutResult>;
-}
-
-export interface UndecryptableValue {
-  readonly key: string;
-  readonly resource: string;
-  readonly stored: string;
-  readonly providersTried: readonly string[];
-  readonly reason: string;
-}
-
-export interface FailedValue {
-  readonly key: string;
-  readonly resource: string;
-  readonly reason: string;
-}
+export type { FailedValue, RewriteStore, UndecryptableValue } from './rewrite-keys.js';
 
 export interface RewriteProgress {
   readonly phase: 'preflight' | 'rewrite' | 'verify';
@@ -57,7 +42,10 @@ export interface RewriteOptions {
   readonly configHash: string;
   readonly etcdPrefix: string;
   readonly dryRun?: boolean;
+  /** Transactions (and KMS calls) in flight. */
   readonly concurrency?: number;
+  /** Keys and estimated request bytes per etcd transaction (defaults: etcd's default limits, txn-batch.ts). */
+  readonly batchLimits?: Partial<BatchLimits>;
   /** Writes per second; 0 = unlimited. */
   readonly rate?: number;
   readonly checkpointPath?: string;
@@ -118,295 +106,265 @@ export function hashConfig(bytes: Uint8Array): string {
   return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
 
+
+/** Transactions (each up to 64 keys) and KMS calls in flight by default; 4 to 16 measured alike. */
+export const DEFAULT_CONCURRENCY = 8;
+const MIN_PAGE_KEYS = 256;
+const MAX_PAGE_KEYS = 1024;
+
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
 function rangeId(r: KeyRange): string {
   return hex(r.start);
 }
 
-type KeyOutcome =
-  | { kind: 'rewritten' }
-  | { kind: 'current' }
-  | { kind: 'deleted' }
-  | { kind: 'undecryptable'; value: UndecryptableValue }
-  | { kind: 'failed'; value: FailedValue };
+/** One run's settings and its state shared by the passes. */
+interface Run {
+  readonly options: RewriteOptions;
+  readonly concurrency: number;
+  readonly pageSize: number;
+  readonly limits: BatchLimits;
+  readonly now: () => Date;
+  readonly checkpoint: Checkpoint | undefined;
+  readonly resumed: boolean;
+  /** Ranges not yet complete according to the checkpoint. */
+  readonly pending: readonly KeyRange[];
+  readonly counts: CheckpointCounts;
+  readonly initialCounts: CheckpointCounts;
+  readonly undecryptable: UndecryptableValue[];
+  readonly failures: FailedValue[];
+}
 
-export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
-  const { store, selection, policies } = options;
-  const concurrency = Math.max(1, options.concurrency ?? 8);
-  const pageSize = options.pageSize ?? Math.max(200, concurrency * 16);
-  const maxRetries = options.maxConflictRetries ?? 10;
-  const now = options.now ?? (() => new Date());
-  const limiter = createRateLimiter(options.rate ?? 0);
-  const dryRun = options.dryRun === true;
+type Preflight = RewriteReport['preflight'];
 
-  // Where to start: a checkpoint from an earlier run of the same rewrite, or the beginning.
-  let checkpoint: Checkpoint | undefined =
-    options.checkpointPath !== undefined ? readCheckpoint(options.checkpointPath) : undefined;
-  const resumed = checkpoint !== undefined;
-  if (checkpoint) {
-    if (checkpoint.configHash !== options.configHash) {
-      throw new AtrestError(
-        'ERR_CHECKPOINT_INVALID',
-        `checkpoint ${options.checkpointPath} was written for another encryption configuration (${checkpoint.configHash}); ` +
-          'finish with the same configuration, or remove the checkpoint to start over',
-      );
-    }
-    if (checkpoint.etcdPrefix !== options.etcdPrefix || checkpoint.selection !== selection.label) {
-      throw new AtrestError(
-        'ERR_CHECKPOINT_INVALID',
-        `checkpoint ${options.checkpointPath} covers "${checkpoint.selection}" under ${checkpoint.etcdPrefix}, ` +
-          `not "${selection.label}" under ${options.etcdPrefix}`,
-      );
-    }
-  } else if (options.checkpointPath !== undefined && !dryRun) {
+/** Listed values are capped; the totals are always counted. */
+const MAX_LISTED = 1000;
+
+/** Where to start: a checkpoint from an earlier run of the same rewrite, a new one, or none. */
+function openCheckpoint(options: RewriteOptions, now: () => Date): { checkpoint?: Checkpoint; resumed: boolean } {
+  const path = options.checkpointPath;
+  if (path === undefined) return { resumed: false };
+  const found = readCheckpoint(path);
+  if (found === undefined) {
+    if (options.dryRun === true) return { resumed: false };
     const started = now().toISOString();
-    checkpoint = {
+    const checkpoint: Checkpoint = {
       version: CHECKPOINT_VERSION,
       configHash: options.configHash,
       etcdPrefix: options.etcdPrefix,
-      selection: selection.label,
-      ranges: selection.ranges.map((r) => ({ start: rangeId(r), lastKey: '', complete: false })),
+      selection: options.selection.label,
+      ranges: options.selection.ranges.map((r) => ({ start: rangeId(r), lastKey: '', complete: false })),
       counts: emptyCounts(),
       startedAt: started,
       updatedAt: started,
     };
+    return { checkpoint, resumed: false };
   }
-  const counts: CheckpointCounts = checkpoint ? { ...checkpoint.counts } : emptyCounts();
-  const initialCounts: CheckpointCounts = { ...counts };
-  const thisRun = (): CheckpointCounts => {
-    const out = emptyCounts();
-    for (const k of Object.keys(out) as (keyof CheckpointCounts)[]) out[k] = counts[k] - initialCounts[k];
-    return out;
-  };
-  const progressOf = (r: KeyRange): { lastKey: string; complete: boolean } =>
-    checkpoint?.ranges.find((p) => p.start === rangeId(r)) ?? { lastKey: '', complete: false };
-  const startOf = (r: KeyRange): Buffer => {
-    const p = progressOf(r);
-    return p.lastKey === '' ? Buffer.from(r.start) : keyAfter(Buffer.from(p.lastKey, 'hex'));
-  };
-  const pending = selection.ranges.filter((r) => !progressOf(r).complete);
+  if (found.configHash !== options.configHash) {
+    throw new AtrestError(
+      'ERR_CHECKPOINT_INVALID',
+      `checkpoint ${path} was written for another encryption configuration (${found.configHash}); ` +
+        'finish with the same configuration, or remove the checkpoint to start over',
+    );
+  }
+  if (found.etcdPrefix !== options.etcdPrefix || found.selection !== options.selection.label) {
+    throw new AtrestError(
+      'ERR_CHECKPOINT_INVALID',
+      `checkpoint ${path} covers "${found.selection}" under ${found.etcdPrefix}, ` +
+        `not "${options.selection.label}" under ${options.etcdPrefix}`,
+    );
+  }
+  return { checkpoint: found, resumed: true };
+}
 
-  // 1. Preflight: decrypt everything still to do; count what needs rewriting.
-  const undecryptable: UndecryptableValue[] = [];
-  let undecryptableTotal = 0;
-  const preflight = { scanned: 0, toRewrite: 0, current: 0, undecryptable: 0 };
-  type Selected = { kv: KeyValue; policy: ResourcePolicy };
-  const selectedOf = (page: KeyValue[]): Selected[] =>
-    page
-      .map((kv) => ({ kv, policy: policies.forKey(kv.key) }))
-      .filter((x) => selection.includes(x.policy));
-  const workPages = (range: KeyRange): AsyncIterable<WorkPage<Selected, Buffer>> => ({
+function startRun(options: RewriteOptions): Run {
+  const concurrency = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY);
+  const limits = { ...DEFAULT_BATCH_LIMITS, ...options.batchLimits };
+  const now = options.now ?? (() => new Date());
+  const { checkpoint, resumed } = openCheckpoint(options, now);
+  const counts: CheckpointCounts = checkpoint ? { ...checkpoint.counts } : emptyCounts();
+  return {
+    options,
+    concurrency,
+    // Enough keys per page for every transaction in flight, within a bounded page.
+    pageSize: options.pageSize ?? Math.min(MAX_PAGE_KEYS, Math.max(MIN_PAGE_KEYS, concurrency * limits.maxKeys)),
+    limits,
+    now,
+    checkpoint,
+    resumed,
+    pending: options.selection.ranges.filter((r) => !progressOf(checkpoint, r).complete),
+    counts,
+    initialCounts: { ...counts },
+    undecryptable: [],
+    failures: [],
+  };
+}
+
+function progressOf(checkpoint: Checkpoint | undefined, r: KeyRange): { lastKey: string; complete: boolean } {
+  return checkpoint?.ranges.find((p) => p.start === rangeId(r)) ?? { lastKey: '', complete: false };
+}
+
+/** The selected values of each page of `range` still to do, tagged with the page's last key. */
+function selectedPages(run: Run, range: KeyRange): AsyncIterable<WorkPage<SelectedValue, Buffer>> {
+  const { store, policies, selection } = run.options;
+  const p = progressOf(run.checkpoint, range);
+  const start = p.lastKey === '' ? Buffer.from(range.start) : keyAfter(Buffer.from(p.lastKey, 'hex'));
+  return {
     async *[Symbol.asyncIterator]() {
-      for await (const page of store.pages(startOf(range), range.end, { pageSize })) {
-        yield { items: selectedOf(page), tag: page[page.length - 1]!.key };
+      for await (const page of store.pages(start, range.end, { pageSize: run.pageSize })) {
+        const items = page.map((kv) => ({ kv, policy: policies.forKey(kv.key) })).filter((x) => selection.includes(x.policy));
+        yield { items, tag: page[page.length - 1]!.key };
       }
     },
-  });
-  for (const range of pending) {
+  };
+}
+
+/** 1. Decrypt everything still to do; count what needs rewriting and list what does not decrypt. */
+async function preflightPass(run: Run): Promise<{ preflight: Preflight; undecryptableTotal: number }> {
+  const preflight = { scanned: 0, toRewrite: 0, current: 0, undecryptable: 0 };
+  run.options.onProgress?.({ phase: 'preflight', done: 0, total: run.options.total ?? 0, rewritten: 0 });
+  for (const range of run.pending) {
     await forEachInPages(
-      workPages(range),
-      concurrency,
+      selectedPages(run, range),
+      run.concurrency,
       ({ kv, policy }) => classifyValue(kv, policy, true),
       (_last, items, classes) => {
         classes.forEach((c, i) => {
           const { kv, policy } = items[i]!;
           preflight.scanned++;
-          if (c.state === 'undecryptable') {
+          if (c.state === 'current') preflight.current++;
+          else if (c.state !== 'undecryptable') preflight.toRewrite++;
+          else {
             preflight.undecryptable++;
-            undecryptableTotal++;
-            if (undecryptable.length < 1000) {
-              undecryptable.push({
-                key: kv.key.toString('utf8'),
-                resource: policy.resource,
-                stored: c.stored,
-                providersTried: c.providersTried ?? [],
-                reason: c.reason ?? '',
-              });
+            if (run.undecryptable.length < MAX_LISTED) {
+              const { stored, providersTried = [], reason = '' } = c;
+              run.undecryptable.push({ key: kv.key.toString('utf8'), resource: policy.resource, stored, providersTried, reason });
             }
-          } else if (c.state === 'current') preflight.current++;
-          else preflight.toRewrite++;
-        });
-        options.onProgress?.({ phase: 'preflight', done: preflight.scanned, total: options.total ?? 0, rewritten: 0 });
-      },
-    );
-  }
-  if (undecryptableTotal > 0 && !options.skipUndecryptable) {
-    throw new UndecryptableValuesError(undecryptable, undecryptableTotal);
-  }
-  if (dryRun) {
-    return {
-      dryRun,
-      selection: selection.label,
-      resumed,
-      preflight,
-      counts,
-      countsThisRun: thisRun(),
-      undecryptable,
-      failures: [],
-      converged: preflight.toRewrite === 0 && undecryptableTotal === 0,
-    };
-  }
-
-  // 2. Rewrite, page by page, `concurrency` keys at a time.
-  const failures: FailedValue[] = [];
-  const total = preflight.scanned;
-  let done = 0;
-
-  const processKey = async (first: KeyValue, policy: ResourcePolicy): Promise<KeyOutcome> => {
-    let kv = first;
-    const keyText = kv.key.toString('utf8');
-    const context = { authenticatedData: kv.key };
-    for (let attempt = 0; ; attempt++) {
-      let read;
-      try {
-        read = await policy.transformer.transformFromStorage(kv.value, context);
-      } catch (err) {
-        // Became undecryptable since the preflight (a concurrent writer with another config?): leave it.
-        return {
-          kind: 'undecryptable',
-          value: {
-            key: keyText,
-            resource: policy.resource,
-            stored: (await classifyValue(kv, policy, false)).stored,
-            providersTried: providersTried(err, policy),
-            reason: err instanceof Error ? err.message : String(err),
-          },
-        };
-      }
-      if (!read.stale) return { kind: 'current' };
-      let out: Buffer;
-      let res: CompareAndPutResult;
-      try {
-        out = await policy.transformer.transformToStorage(read.data, context);
-        await options.beforeWrite?.(kv.key);
-        await limiter.acquire();
-        res = await store.compareAndPut(kv.key, out, kv.modRevision);
-      } catch (err) {
-        // The run stops here (KMS or etcd unavailable); nothing of this key was changed.
-        const code = err instanceof AtrestError ? err.code : 'ERR_ETCD';
-        throw new AtrestError(code, `${keyText}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-      }
-      if (!res.succeeded) {
-        counts.conflicts++;
-        if (res.current === undefined) return { kind: 'deleted' };
-        if (attempt >= maxRetries) {
-          return {
-            kind: 'failed',
-            value: { key: keyText, resource: policy.resource, reason: `still changing after ${maxRetries} conflict retries` },
-          };
-        }
-        kv = res.current;
-        continue;
-      }
-      const problem = await verify(res.current, out, read.data, policy, context);
-      if (problem === undefined) return { kind: 'rewritten' };
-      // Put the previous bytes back, unless someone wrote again in the meantime.
-      if (res.current) await store.compareAndPut(kv.key, kv.value, res.current.modRevision).catch(() => undefined);
-      return { kind: 'failed', value: { key: keyText, resource: policy.resource, reason: problem } };
-    }
-  };
-
-  const saveCheckpoint = (range: KeyRange, lastKey: Buffer | undefined, complete: boolean): void => {
-    if (!checkpoint || options.checkpointPath === undefined) return;
-    const p = checkpoint.ranges.find((x) => x.start === rangeId(range));
-    if (!p) return;
-    if (lastKey) p.lastKey = hex(lastKey);
-    p.complete = complete;
-    Object.assign(checkpoint.counts, counts);
-    checkpoint.updatedAt = now().toISOString();
-    writeCheckpoint(options.checkpointPath, checkpoint);
-  };
-
-  for (const range of pending) {
-    await forEachInPages(
-      workPages(range),
-      concurrency,
-      ({ kv, policy }) => processKey(kv, policy),
-      (lastKey, items, outcomes) => {
-        for (const o of outcomes) {
-          switch (o.kind) {
-            case 'rewritten':
-              counts.rewritten++;
-              break;
-            case 'current':
-              counts.alreadyCurrent++;
-              break;
-            case 'deleted':
-              counts.deleted++;
-              break;
-            case 'undecryptable':
-              counts.skippedUndecryptable++;
-              if (!undecryptable.some((u) => u.key === o.value.key) && undecryptable.length < 1000) {
-                undecryptable.push(o.value);
-              }
-              break;
-            case 'failed':
-              counts.failed++;
-              if (failures.length < 1000) failures.push(o.value);
-              break;
           }
-        }
-        done += items.length;
-        // Only pages fully done (with every page before them) reach here: a safe resume point.
-        saveCheckpoint(range, lastKey, false);
-        options.onProgress?.({ phase: 'rewrite', done, total, rewritten: counts.rewritten });
+        });
+        run.options.onProgress?.({ phase: 'preflight', done: preflight.scanned, total: run.options.total ?? 0, rewritten: 0 });
       },
     );
-    saveCheckpoint(range, undefined, true);
   }
+  return { preflight, undecryptableTotal: preflight.undecryptable };
+}
 
-  // 3. Scan everything covered (from the start of each range, not just this run's part).
-  let finalScan: ScanReport | undefined;
-  if (!options.skipFinalScan) {
-    finalScan = await scan({
-      source: store,
-      selection,
-      policies,
-      decrypt: true,
-      concurrency,
-      pageSize,
-      onProgress: (n) => options.onProgress?.({ phase: 'verify', done: n, total: options.total ?? total, rewritten: counts.rewritten }),
-    });
+function tally(run: Run, o: KeyOutcome): void {
+  const { counts } = run;
+  if (o.kind === 'rewritten') counts.rewritten++;
+  else if (o.kind === 'current') counts.alreadyCurrent++;
+  else if (o.kind === 'deleted') counts.deleted++;
+  else if (o.kind === 'undecryptable') {
+    counts.skippedUndecryptable++;
+    if (!run.undecryptable.some((u) => u.key === o.value.key) && run.undecryptable.length < MAX_LISTED) {
+      run.undecryptable.push(o.value);
+    }
+  } else {
+    counts.failed++;
+    if (run.failures.length < MAX_LISTED) run.failures.push(o.value);
   }
-  const skipped = new Set(undecryptable.map((u) => u.key));
-  const converged =
-    counts.failed === 0 &&
-    (finalScan === undefined ||
-      (finalScan.totals.stale === 0 &&
-        finalScan.totals.unknown === 0 &&
-        finalScan.findings.every((f) => f.problem === 'undecryptable' && skipped.has(f.key)) &&
-        finalScan.findingsTotal === finalScan.findings.length));
+}
+
+function saveCheckpoint(run: Run, range: KeyRange, lastKey: Buffer | undefined, complete: boolean): void {
+  const { checkpoint, options } = run;
+  if (!checkpoint || options.checkpointPath === undefined) return;
+  const p = checkpoint.ranges.find((x) => x.start === rangeId(range));
+  if (!p) return;
+  if (lastKey) p.lastKey = hex(lastKey);
+  p.complete = complete;
+  Object.assign(checkpoint.counts, run.counts);
+  checkpoint.updatedAt = run.now().toISOString();
+  writeCheckpoint(options.checkpointPath, checkpoint);
+}
+
+/** 2. Rewrite page by page, `concurrency` chunks (each up to one transaction's worth) at a time. */
+async function rewritePass(run: Run, total: number): Promise<void> {
+  const { options, limits } = run;
+  const processChunk = createKeyRewriter({
+    store: options.store,
+    limiter: createRateLimiter(options.rate ?? 0),
+    limits,
+    maxConflictRetries: options.maxConflictRetries ?? 10,
+    onConflict: () => run.counts.conflicts++,
+    beforeWrite: options.beforeWrite,
+  });
+  let done = 0;
+  options.onProgress?.({ phase: 'rewrite', done, total, rewritten: run.counts.rewritten });
+  for (const range of run.pending) {
+    const chunked = async function* (): AsyncGenerator<WorkPage<SelectedValue[], Buffer>> {
+      for await (const page of selectedPages(run, range)) {
+        yield { items: planBatches(page.items, (s) => txnBytesOf(s.kv.key, s.kv.value), limits), tag: page.tag };
+      }
+    };
+    await forEachInPages(chunked(), run.concurrency, processChunk, (lastKey, chunks, outcomes) => {
+      for (const o of outcomes.flat()) tally(run, o);
+      done += chunks.reduce((n, c) => n + c.length, 0);
+      // Only pages fully done (with every page before them) reach here: a safe resume point.
+      saveCheckpoint(run, range, lastKey, false);
+      options.onProgress?.({ phase: 'rewrite', done, total, rewritten: run.counts.rewritten });
+    });
+    saveCheckpoint(run, range, undefined, true);
+  }
+}
+
+/** 3. Scan everything covered (from the start of each range, not just this run's part). */
+async function verificationScan(run: Run, total: number): Promise<ScanReport> {
+  const { options } = run;
+  options.onProgress?.({ phase: 'verify', done: 0, total: options.total ?? total, rewritten: run.counts.rewritten });
+  return scan({
+    source: options.store,
+    selection: options.selection,
+    policies: options.policies,
+    decrypt: true,
+    concurrency: run.concurrency,
+    pageSize: run.pageSize,
+    onProgress: (n) =>
+      options.onProgress?.({ phase: 'verify', done: n, total: options.total ?? total, rewritten: run.counts.rewritten }),
+  });
+}
+
+function isConverged(run: Run, finalScan: ScanReport | undefined): boolean {
+  if (run.counts.failed > 0) return false;
+  if (finalScan === undefined) return true;
+  const skipped = new Set(run.undecryptable.map((u) => u.key));
+  const t = finalScan.totals;
+  return (
+    t.stale === 0 &&
+    t.unknown === 0 &&
+    finalScan.findings.every((f) => f.problem === 'undecryptable' && skipped.has(f.key)) &&
+    finalScan.findingsTotal === finalScan.findings.length
+  );
+}
+
+function reportOf(run: Run, preflight: Preflight, rest: Pick<RewriteReport, 'failures' | 'converged' | 'finalScan'>): RewriteReport {
+  const countsThisRun = emptyCounts();
+  for (const k of Object.keys(countsThisRun) as (keyof CheckpointCounts)[]) {
+    countsThisRun[k] = run.counts[k] - run.initialCounts[k];
+  }
+  const { finalScan, ...others } = rest;
   return {
-    dryRun,
-    selection: selection.label,
-    resumed,
+    dryRun: run.options.dryRun === true,
+    selection: run.options.selection.label,
+    resumed: run.resumed,
     preflight,
-    counts,
-    countsThisRun: thisRun(),
-    undecryptable,
-    failures,
+    counts: run.counts,
+    countsThisRun,
+    undecryptable: run.undecryptable,
+    ...others,
     ...(finalScan ? { finalScan } : {}),
-    converged,
   };
 }
 
-/** The read-back check: stored bytes are ours, and they decrypt, as current, to the same plaintext. */
-async function verify(
-  stored: KeyValue | undefined,
-  written: Buffer,
-  plaintext: Buffer,
-  policy: ResourcePolicy,
-  context: { authenticatedData: Uint8Array },
-): Promise<string | undefined> {
-  if (stored === undefined) return 'read-back found no value';
-  if (!bytesEqual(stored.value, written)) return 'read-back returned other bytes than written';
-  try {
-    const again = await policy.transformer.transformFromStorage(stored.value, context);
-    if (!bytesEqual(again.data, plaintext)) return 'read-back decrypted to a different plaintext';
-    if (again.stale) return 'read-back is still stale (write provider changed during the run?)';
-  } catch (err) {
-    return `read-back does not decrypt: ${err instanceof Error ? err.message : String(err)}`;
+export async function rewrite(options: RewriteOptions): Promise<RewriteReport> {
+  const run = startRun(options);
+  const { preflight, undecryptableTotal } = await preflightPass(run);
+  if (undecryptableTotal > 0 && !options.skipUndecryptable) {
+    throw new UndecryptableValuesError(run.undecryptable, undecryptableTotal);
   }
-  return undefined;
+  if (options.dryRun === true) {
+    return reportOf(run, preflight, { failures: [], converged: preflight.toRewrite === 0 && undecryptableTotal === 0 });
+  }
+  await rewritePass(run, preflight.scanned);
+  const finalScan = options.skipFinalScan ? undefined : await verificationScan(run, preflight.scanned);
+  return reportOf(run, preflight, { failures: run.failures, converged: isConverged(run, finalScan), finalScan });
 }

@@ -271,5 +271,8 @@ describe('atrest scan / rewrite / decrypt on a mixed dataset (local providers)',
     const r = await runCli(['rewrite', ...conn, '--concurrency', '0']);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /--concurrency: "0" must be an integer >= 1/);
+    const tooMany = await runCli(['rewrite', ...conn, '--txn-keys', '65']);
+    assert.equal(tooMany.code, 2);
+    assert.match(tooMany.stderr, /--txn-keys: "65" must be at most 64/);
   });
 });

@@ -1,6 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EtcdClient, prefixRangeEnd } from '../../src/etcd/client.js';
+import { MAX_TXN_KEYS } from '../../src/etcd/txn-batch.js';
 import { freePort, startEtcd, type RunningEtcd } from '../helpers/etcd.js';
 
 const enc = (s: string): Buffer => Buffer.from(s, 'utf8');
@@ -69,6 +70,40 @@ describe('etcd client over the JSON gateway', () => {
     assert.equal(gone.succeeded, false);
     assert.equal(gone.current, undefined);
     assert.equal(await client.get(key), undefined);
+  });
+
+  test('compareAndPutBatch writes every key or none, and returns each value read back or current', async () => {
+    const keys = ['/batch/a', '/batch/b', '/batch/c'].map(enc);
+    await Promise.all(keys.map((k, i) => client.put(k, enc(`v1-${i}`))));
+    const read = await Promise.all(keys.map(async (k) => (await client.get(k))!));
+    const ok = await client.compareAndPutBatch(keys.map((key, i) => ({ key, value: enc(`v2-${i}`), modRevision: read[i]!.modRevision })));
+    assert.equal(ok.succeeded, true);
+    assert.deepEqual(ok.current.map((kv) => kv?.value.toString()), ['v2-0', 'v2-1', 'v2-2']);
+    assert.ok(ok.current.every((kv) => kv!.modRevision === ok.revision), 'all written by the one transaction');
+
+    // b changed meanwhile and c is gone: nothing is written, each current value (or none) comes back in order
+    await client.put(keys[1]!, enc('changed'));
+    await client.delete(keys[2]!);
+    const failed = await client.compareAndPutBatch(keys.map((key, i) => ({ key, value: enc(`v3-${i}`), modRevision: ok.current[i]!.modRevision })));
+    assert.equal(failed.succeeded, false);
+    assert.deepEqual(failed.current.map((kv) => kv?.value.toString()), ['v2-0', 'changed', undefined]);
+    assert.equal(failed.current[0]!.modRevision, ok.current[0]!.modRevision);
+    assert.equal((await client.get(keys[0]!))?.value.toString(), 'v2-0');
+    assert.equal(await client.get(keys[2]!), undefined, 'a deleted key is not created again');
+  });
+
+  test(`etcd with default limits takes ${MAX_TXN_KEYS} keys in one compareAndPutBatch and refuses one more`, async () => {
+    const items = [];
+    for (let i = 0; i <= MAX_TXN_KEYS; i++) {
+      const key = enc(`/batch-limit/k${String(i).padStart(3, '0')}`);
+      const rev = await client.put(key, enc('old'));
+      items.push({ key, value: enc('new'), modRevision: rev });
+    }
+    const full = await client.compareAndPutBatch(items.slice(0, MAX_TXN_KEYS));
+    assert.equal(full.succeeded, true);
+    assert.equal(full.current.length, MAX_TXN_KEYS);
+    assert.ok(full.current.every((kv) => kv?.value.toString() === 'new'));
+    await assert.rejects(client.compareAndPutBatch(items), /too many operations in txn request/);
   });
 
   test('fails over from an endpoint that refuses connections to one that answers', async () => {

@@ -9,9 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseEncryptionConfiguration } from '../../src/config/parse.js';
 import { buildTransformers } from '../../src/config/build.js';
-import { EtcdClient, prefixRangeEnd } from '../../src/etcd/client.js';
+import { EtcdClient, prefixRangeEnd, type CompareAndPutItem } from '../../src/etcd/client.js';
 import { createPolicyResolver } from '../../src/etcd/policy.js';
-import { rewrite, hashConfig } from '../../src/etcd/rewrite.js';
+import { rewrite, hashConfig, type RewriteOptions, type RewriteStore } from '../../src/etcd/rewrite.js';
+import { MAX_TXN_BYTES, txnBytesOf } from '../../src/etcd/txn-batch.js';
 import { createSelection } from '../../src/etcd/selection.js';
 import { describeStoredValue } from '../../src/transformers/describe.js';
 import { startEtcd, type RunningEtcd } from '../helpers/etcd.js';
@@ -74,6 +75,40 @@ async function assertConverged(client: EtcdClient, ns: string, expected: Map<str
   assert.equal(n, expected.size);
 }
 
+
+/** The real client, recording each transaction rewrite sends (keys, estimated bytes, outcome). */
+function recordingStore(client: EtcdClient): RewriteStore & { readonly txns: { keys: string[]; bytes: number; batch: boolean; succeeded: boolean }[] } {
+  const txns: { keys: string[]; bytes: number; batch: boolean; succeeded: boolean }[] = [];
+  return {
+    txns,
+    pages: (start, end, options) => client.pages(start, end, options),
+    async compareAndPut(key, value, modRevision) {
+      const res = await client.compareAndPut(key, value, modRevision);
+      txns.push({ keys: [Buffer.from(key).toString()], bytes: txnBytesOf(key, value), batch: false, succeeded: res.succeeded });
+      return res;
+    },
+    async compareAndPutBatch(items: readonly CompareAndPutItem[]) {
+      const res = await client.compareAndPutBatch(items);
+      const bytes = items.reduce((n, i) => n + txnBytesOf(i.key, i.value), 0);
+      txns.push({ keys: items.map((i) => Buffer.from(i.key).toString()), bytes, batch: true, succeeded: res.succeeded });
+      return res;
+    },
+  };
+}
+
+function rewriteOptions(store: RewriteStore, extra: Partial<RewriteOptions> = {}): RewriteOptions {
+  const config = parseEncryptionConfiguration(CONFIG, 'encryption.yaml');
+  const built = buildTransformers(config);
+  return {
+    store,
+    selection: createSelection({ etcdPrefix: '/registry', config, resources: ['secrets'] }),
+    policies: createPolicyResolver(config, '/registry', { transformerFor: (gr) => built.transformerFor(gr) }),
+    configHash: hashConfig(Buffer.from(CONFIG)),
+    etcdPrefix: '/registry/',
+    ...extra,
+  };
+}
+
 describe('rewrite safety on a real etcd', () => {
   let etcd: RunningEtcd;
   let client: EtcdClient;
@@ -127,12 +162,90 @@ describe('rewrite safety on a real etcd', () => {
     await assertConverged(client, 'hook', expected);
   });
 
+  test('a batch where one key changed meanwhile writes nothing, and its keys are redone one by one', async () => {
+    const expected = await seedOld(client, 'batch-changed', 10);
+    const store = recordingStore(client);
+    const changed = '/registry/secrets/batch-changed/s0003';
+    let changedOnce = false;
+    const report = await rewrite(rewriteOptions(store, {
+      beforeWrite: async (k) => {
+        if (k.toString() !== changed || changedOnce) return;
+        changedOnce = true;
+        // what a kube-apiserver that has not reloaded its configuration writes: the old provider again
+        const plain = encodeSecret('batch-changed', 's3', { v: 'updated-meanwhile' });
+        await client.put(k, await oldWriter.transformToStorage(plain, ctx(changed)));
+        expected.set(changed, plain);
+      },
+    }));
+    const mine = store.txns.filter((t) => t.keys.some((k) => k.includes('/batch-changed/')));
+    assert.deepEqual(mine[0], { keys: [...expected.keys()], bytes: mine[0]!.bytes, batch: true, succeeded: false });
+    // then one single-key transaction each, in key order; each succeeds (the changed key after its re-read)
+    assert.deepEqual(mine.slice(1).map((t) => [t.keys, t.batch, t.succeeded]), [...expected.keys()].map((k) => [[k], false, true]));
+    assert.equal(report.counts.conflicts, 1);
+    assert.equal(report.counts.rewritten, 10);
+    assert.equal(report.converged, true);
+    await assertConverged(client, 'batch-changed', expected);
+    // the failed batch wrote nothing: each key was written once by the rewrite (etcd counts versions)
+    for (const key of expected.keys()) {
+      const kv = (await client.get(enc(key)))!;
+      assert.equal(kv.version, key === changed ? 3 : 2, `${key}: seeded, (updated,) rewritten once`);
+    }
+  });
+
+  test('a key deleted while its batch is in flight stays deleted; the rest of the batch is rewritten', async () => {
+    const expected = await seedOld(client, 'batch-deleted', 10);
+    const store = recordingStore(client);
+    const deleted = '/registry/secrets/batch-deleted/s0005';
+    const report = await rewrite(rewriteOptions(store, {
+      beforeWrite: async (k) => {
+        if (k.toString() === deleted) await client.delete(k);
+      },
+    }));
+    expected.delete(deleted);
+    const mine = store.txns.filter((t) => t.keys.some((k) => k.includes('/batch-deleted/')));
+    assert.equal(mine[0]!.batch, true);
+    assert.equal(mine[0]!.succeeded, false);
+    assert.equal(mine.length, 1 + 9, 'after the failed batch, one transaction per key still there');
+    assert.ok(mine.slice(1).every((t) => !t.keys.includes(deleted)));
+    assert.equal(report.counts.deleted, 1);
+    assert.equal(report.counts.conflicts, 1);
+    assert.equal(report.counts.rewritten, 9);
+    assert.equal(report.converged, true);
+    assert.equal(await client.get(enc(deleted)), undefined, 'the deleted key was not written again');
+    await assertConverged(client, 'batch-deleted', expected);
+  });
+
+  test('batches are limited by bytes: large values share a transaction only within the budget, the largest goes alone', async () => {
+    const ns = 'batch-bytes';
+    const expected = new Map<string, Buffer>();
+    // six values of 400 KiB (two fit in the 1 MiB budget, three do not), then one of 1.4 MiB
+    const sizes = [...Array.from({ length: 6 }, () => 400 * 1024), 1400 * 1024];
+    for (const [i, size] of sizes.entries()) {
+      const key = `/registry/secrets/${ns}/s${i}`;
+      const plain = encodeSecret(ns, `s${i}`, { blob: 'x'.repeat(size) });
+      expected.set(key, plain);
+      await client.put(enc(key), await oldWriter.transformToStorage(plain, ctx(key)));
+    }
+    const store = recordingStore(client);
+    const report = await rewrite(rewriteOptions(store));
+    const mine = store.txns.filter((t) => t.keys.some((k) => k.includes(`/${ns}/`)));
+    assert.deepEqual(mine.map((t) => [t.keys.length, t.succeeded]), [[2, true], [2, true], [2, true], [1, true]]);
+    assert.ok(mine.every((t) => t.keys.length === 1 || t.bytes <= MAX_TXN_BYTES), 'every batch within the byte budget');
+    assert.ok(mine[3]!.bytes > MAX_TXN_BYTES, 'the largest value is written on its own');
+    assert.equal(report.counts.rewritten, 7);
+    assert.equal(report.converged, true);
+    await assertConverged(client, ns, expected);
+  });
+
   test('a concurrent writer hammering keys during a CLI rewrite loses nothing', async () => {
     const expected = await seedOld(client, 'live', 600);
+    // Several keys per transaction, so that the writer's updates make whole batches fail and fall back.
+    const TXN_KEYS = 4;
     const keys = [...expected.keys()];
     const random = seededRandom(0x5eed_2026);
     const child = spawn(process.execPath, [CLI, 'rewrite', '--encryption-config', configFile, '--endpoints', etcd.endpoint,
-      '--resource', 'secrets', '--concurrency', '4', '--rate', '400', '-o', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--resource', 'secrets', '--concurrency', '4', '--rate', '400', '--txn-keys', String(TXN_KEYS), '-o', 'json'],
+      { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -145,10 +258,10 @@ describe('rewrite safety on a real etcd', () => {
       }),
     );
     // What a kube-apiserver with the new configuration does: update objects at random, meanwhile.
-    // Paced by the rewrite's progress, not by time: after every ROUND_REWRITES writes of the rewrite
-    // (etcd revisions not ours), the rewrite is paused (SIGSTOP: alive, mid-flight, reads possibly
-    // taken) and we update ROUND_UPDATES keys, then let it go on.
-    const ROUND_REWRITES = 20;
+    // Paced by the rewrite's progress, not by time: after every ROUND_REWRITES transactions of the
+    // rewrite (etcd revisions not ours, TXN_KEYS keys each at most), the rewrite is paused (SIGSTOP:
+    // alive, mid-flight, reads possibly taken) and we update ROUND_UPDATES keys, then let it go on.
+    const ROUND_REWRITES = 20 / TXN_KEYS;
     const ROUND_UPDATES = 5;
     let writes = 0;
     let ours = (await client.status()).revision;
@@ -178,9 +291,9 @@ describe('rewrite safety on a real etcd', () => {
     assert.equal(code, 0, stderr);
     const report = JSON.parse(stdout);
     assert.equal(report.converged, true);
-    // The rewrite writes at least 600 - writes keys, ROUND_REWRITES per round: with 5 updates a round
-    // that is at least 20 rounds (a few rewrites may land while paused) whatever the machine's speed;
-    // half of that is asserted.
+    // The rewrite writes at least 600 - writes keys, at most 20 (ROUND_REWRITES transactions of TXN_KEYS)
+    // per round: with 5 updates a round that is at least 20 rounds (a few transactions may land while
+    // paused) whatever the machine's speed; half of that is asserted.
     assert.ok(writes >= 50, `the writer made ${writes} writes during the rewrite`);
     await assertConverged(client, 'live', expected);
   });

@@ -13,6 +13,7 @@ import { createRateLimiter } from '../../src/etcd/rate-limit.js';
 import { createMemorySource, forEachInPages, prefetched } from '../../src/etcd/source.js';
 import { readCheckpoint, writeCheckpoint, emptyCounts } from '../../src/etcd/checkpoint.js';
 import { keyAfter, prefixRangeEnd, normaliseEndpoint } from '../../src/etcd/client.js';
+import { planBatches, txnBytesOf } from '../../src/etcd/txn-batch.js';
 import { createIdentityTransformer } from '../../src/transformers/identity.js';
 import { formatProgress } from '../../src/cli/progress.js';
 
@@ -162,6 +163,17 @@ describe('small helpers', () => {
       /boom/,
     );
     assert.deepEqual(done, [0]);
+  });
+
+  test('batches are cut by key count and by bytes, in order; an item over the byte budget goes alone', () => {
+    const limits = { maxKeys: 3, maxBytes: 100 };
+    const size = (n: number): number => n;
+    assert.deepEqual(planBatches([1, 2, 3, 4, 5, 6, 7], size, limits), [[1, 2, 3], [4, 5, 6], [7]]);
+    assert.deepEqual(planBatches([60, 30, 20, 100, 150, 10], size, limits), [[60, 30], [20], [100], [150], [10]]);
+    assert.deepEqual(planBatches([], size, limits), []);
+    assert.throws(() => planBatches([1], size, { maxKeys: 0, maxBytes: 1 }), RangeError);
+    // the request estimate counts the key three times (compare, put, range) and the value once
+    assert.equal(txnBytesOf(Buffer.alloc(10), Buffer.alloc(1000)) - txnBytesOf(Buffer.alloc(0), Buffer.alloc(0)), 1030);
   });
 
   test('range arithmetic and endpoints', () => {
