@@ -133,7 +133,11 @@ export const LEAN_SEND_TIMEOUT_MS = 10_000;
  * Cheap frames that cost us work but carry no call (PING, SETTINGS, PRIORITY, unknown types, empty
  * DATA, tiny WINDOW_UPDATEs, frames on closed streams, refused or malformed streams) per sweep
  * interval (1 s). More is GOAWAY ENHANCE_YOUR_CALM (grpc-go: "too_many_pings"). A real client sends a
- * handful per second at most.
+ * handful per second at most, except for what answers our responses: grpc-go's BDP estimator sends a
+ * small connection WINDOW_UPDATE and a PING after receiving DATA (the API server's KMS client does,
+ * once per response at concurrency 1). As in grpc-go's server (a ping after we sent data is no
+ * strike), the first PING and the first small WINDOW_UPDATE after each response are free; without
+ * this a busy, well-behaved client had its connection torn down every ~100 ms.
  */
 export const LEAN_MAX_STRIKES = 1000;
 /** Granularity of the coarse time limits above: they fire at most one interval late. */
@@ -434,6 +438,9 @@ class Connection {
   private paused = false;
   private ageTicks = 0;
   private strikes = 0;
+  /** A response went out since the client's last PING / small WINDOW_UPDATE (see LEAN_MAX_STRIKES). */
+  private pingFree = false;
+  private windowUpdateFree = false;
 
   // peer settings
   private peerInitialWindow = DEFAULT_WINDOW;
@@ -863,7 +870,8 @@ class Connection {
       case TYPE_PING:
         if (id !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'PING on a stream');
         if (payload.length !== 8) throw new ConnectionError(FRAME_SIZE_ERROR, 'PING of the wrong size');
-        this.strike('too_many_pings');
+        if (this.pingFree && (flags & FLAG_ACK) === 0) this.pingFree = false;
+        else this.strike('too_many_pings');
         if ((flags & FLAG_ACK) === 0) this.send(controlFrame(TYPE_PING, FLAG_ACK, 0, payload));
         return;
       case TYPE_WINDOW_UPDATE:
@@ -950,7 +958,10 @@ class Connection {
   private onWindowUpdate(id: number, payload: Buffer): void {
     if (payload.length !== 4) throw new ConnectionError(FRAME_SIZE_ERROR, 'WINDOW_UPDATE of the wrong size');
     const increment = payload.readUInt32BE(0) & 0x7fff_ffff;
-    if (increment < SMALL_WINDOW_UPDATE) this.strike('too many small WINDOW_UPDATE frames');
+    if (increment < SMALL_WINDOW_UPDATE) {
+      if (this.windowUpdateFree) this.windowUpdateFree = false;
+      else this.strike('too many small WINDOW_UPDATE frames');
+    }
     if (id === 0) {
       if (increment === 0) throw new ConnectionError(PROTOCOL_ERROR, 'WINDOW_UPDATE of 0');
       this.connSendWindow += increment;
@@ -1274,6 +1285,7 @@ class Connection {
       this.connSendWindow -= size;
       stream.localEnded = true;
       this.send(out);
+      this.pingFree = this.windowUpdateFree = true;
       this.record(stream, GRPC_CODE.OK);
       this.release(stream);
       return;
@@ -1325,6 +1337,7 @@ class Connection {
       stream.localEnded = true;
       stream.pending = undefined;
       this.send(tail);
+      this.pingFree = this.windowUpdateFree = true;
       this.record(stream, GRPC_CODE.OK);
       this.release(stream);
     }

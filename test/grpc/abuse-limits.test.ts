@@ -313,3 +313,31 @@ test('a connection idle past the idle timeout gets GOAWAY NO_ERROR and is closed
   assert.ok(c.answered.has(1));
   assert.equal(c.goaway?.code, H2.NO_ERROR);
 });
+
+test("grpc-go's BDP probe after each response (a small WINDOW_UPDATE, then a PING) is no strike; more is", async () => {
+  // A sweep far longer than the test: strikes are never forgiven by the clock here.
+  const strict = await serve({ maxStrikes: 10, sweepIntervalMs: 60_000 });
+  const increment = Buffer.alloc(4);
+  increment.writeUInt32BE(100);
+  const probe = Buffer.concat([frame(FRAME.WINDOW_UPDATE, 0, 0, increment), frame(FRAME.PING, 0, 0, Buffer.alloc(8))]);
+  const c = await RawH2Client.connect(strict);
+  try {
+    // 30 responses, each answered by the client as grpc-go's BDP estimator does: 60 frames, limit 10.
+    for (let id = 1; id <= 59; id += 2) {
+      await echoes(c, id);
+      c.write(probe);
+    }
+    await c.ping();
+    await echoes(c, 61);
+    assert.equal(c.goaway, undefined);
+  } finally {
+    c.close();
+  }
+  // The allowance is one PING and one small WINDOW_UPDATE per response, not a licence to flood.
+  const flood = await AttackConn.connect(strict);
+  await flood.writeAll([call(1, echo, 'once')]);
+  await flood.waitFor('answered', () => flood.answered.has(1));
+  await flood.writeAll([Buffer.concat(Array.from({ length: 20 }, () => probe))]);
+  await flood.waitFor('closed', () => flood.closed);
+  assert.equal(flood.goaway?.code, H2.ENHANCE_YOUR_CALM);
+});
