@@ -15,7 +15,8 @@
 // Everything a peer can make us hold is limited (LEAN_LIMITS below, docs/grpc.md "Limits and abuse
 // handling"): connections, streams and running handlers, header block bytes, frames and time, buffered
 // request and response bytes, call time, send time, idle time, and cheap control frames per second.
-// Coarse time limits are checked by one sweep timer per server (not a timer per frame or per stream).
+// Coarse time limits are checked by one sweep timer per server (not a timer per frame or per stream);
+// client deadlines (grpc-timeout) by one timer per connection, armed at the earliest deadline.
 
 import type { Socket } from 'node:net';
 import type { Logger } from '../logger.js';
@@ -315,7 +316,6 @@ class Stream extends CallAbort implements UnaryCall {
   deadline: number | undefined = undefined;
   handler: UnaryHandler | undefined = undefined;
   started = 0;
-  timer: NodeJS.Timeout | undefined = undefined;
   /** The server's sweep tick when the stream opened (for the default call timeout). */
   bornTick = 0;
 
@@ -363,9 +363,8 @@ class Stream extends CallAbort implements UnaryCall {
   }
 }
 
-function onDeadline(stream: Stream): void {
-  stream.timer = undefined;
-  stream.conn.finish(stream, GRPC_CODE.DEADLINE_EXCEEDED, 'deadline exceeded');
+function onDeadlines(conn: Connection): void {
+  conn.checkDeadlines();
 }
 
 function uncork(conn: Connection): void {
@@ -441,6 +440,14 @@ class Connection {
   /** A response went out since the client's last PING / small WINDOW_UPDATE (see LEAN_MAX_STRIKES). */
   private pingFree = false;
   private windowUpdateFree = false;
+  /**
+   * Client deadlines: one timer, armed at the earliest deadline of a call in flight. A timer per call
+   * cost a Timeout object and a timer-list insert and removal on every call, although calls finish in
+   * microseconds and a deadline almost never fires; kube-apiserver's constant 3 s timeout means later
+   * calls never re-arm it. When it fires it ends the expired calls and re-arms for the next deadline.
+   */
+  private deadlineTimer: NodeJS.Timeout | undefined = undefined;
+  private deadlineAt = Infinity;
 
   // peer settings
   private peerInitialWindow = DEFAULT_WINDOW;
@@ -553,9 +560,13 @@ class Connection {
   send(bytes: Buffer): void {
     if (this.destroyed || this.socket.writableEnded) return;
     if (!this.corked) {
+      // Everything sent until the loop's check phase goes out in one write: control frames answered
+      // while reading (a PING ACK, WINDOW_UPDATEs) and the responses of handlers that settle in the
+      // microtasks after that read. process.nextTick would flush before those microtasks run, so a
+      // PING that arrived with the next request cost a write of its own (two writes per call).
       this.corked = true;
       this.socket.cork();
-      process.nextTick(uncork, this);
+      setImmediate(uncork, this);
     }
     this.socket.write(bytes);
     if (!this.paused && this.socket.writableLength > MAX_QUEUED_OUTPUT) {
@@ -734,11 +745,43 @@ class Connection {
   }
 
   private cancelAll(message: string): void {
+    this.stopDeadlines();
     for (const stream of [...this.streams.values()]) {
       stream.localEnded = true;
       this.finish(stream, GRPC_CODE.CANCELLED, message);
       this.release(stream);
     }
+  }
+
+  private watchDeadline(at: number): void {
+    if (at >= this.deadlineAt) return;
+    if (this.deadlineTimer !== undefined) clearTimeout(this.deadlineTimer);
+    this.deadlineAt = at;
+    this.deadlineTimer = setTimeout(onDeadlines, Math.max(1, at - Date.now()), this);
+    // The socket keeps the process alive while the connection is open; nothing is due after that.
+    this.deadlineTimer.unref();
+  }
+
+  private stopDeadlines(): void {
+    if (this.deadlineTimer !== undefined) clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
+    this.deadlineAt = Infinity;
+  }
+
+  /** The deadline timer fired: ends every call past its deadline, re-arms for the earliest left. */
+  checkDeadlines(): void {
+    this.deadlineTimer = undefined;
+    this.deadlineAt = Infinity;
+    if (this.destroyed) return;
+    const now = Date.now();
+    let next = Infinity;
+    for (const stream of this.streams.values()) {
+      const at = stream.deadline;
+      if (at === undefined || stream.finished) continue;
+      if (at <= now) this.finish(stream, GRPC_CODE.DEADLINE_EXCEEDED, 'deadline exceeded');
+      else if (at < next) next = at;
+    }
+    if (next !== Infinity) this.watchDeadline(next);
   }
 
   /** Called by the server's sweep timer once per interval: every coarse time limit lives here. */
@@ -770,7 +813,7 @@ class Connection {
           shared.logger.debug('grpc response dropped: the client did not open its window in time', { stream: stream.id });
           this.reset(stream, CANCEL);
         }
-      } else if (!stream.finished && stream.timer === undefined && shared.tick - stream.bornTick > shared.callTicks) {
+      } else if (!stream.finished && stream.deadline === undefined && shared.tick - stream.bornTick > shared.callTicks) {
         this.finish(stream, GRPC_CODE.DEADLINE_EXCEEDED, `the call exceeded the server's limit of ${shared.limits.defaultCallTimeoutMs} ms`);
       }
     }
@@ -1112,7 +1155,7 @@ class Connection {
       if (asked === undefined) return this.finish(stream, GRPC_CODE.INVALID_ARGUMENT, 'malformed grpc-timeout');
       const ms = Math.min(asked, limits.maxCallTimeoutMs);
       stream.deadline = Date.now() + ms;
-      stream.timer = setTimeout(onDeadline, ms, stream);
+      this.watchDeadline(stream.deadline);
     }
     stream.authority = decodeAuthority(this.fAuthority ?? this.fHost ?? '');
     if (endStream) this.onEnd(stream);
@@ -1266,7 +1309,6 @@ class Connection {
       return this.finish(stream, GRPC_CODE.CANCELLED, 'stream closed');
     }
     stream.finished = true;
-    if (stream.timer !== undefined) clearTimeout(stream.timer);
     const size = MESSAGE_PREFIX + response.length;
     if (size <= this.peerMaxFrameSize && size <= stream.sendWindow && size <= this.connSendWindow) {
       // The hot path: HEADERS + DATA + trailers in one buffer, one write.
@@ -1361,7 +1403,6 @@ class Connection {
   finish(stream: Stream, code: GrpcCode, message: string): void {
     if (stream.finished) return;
     stream.finished = true;
-    if (stream.timer !== undefined) clearTimeout(stream.timer);
     stream.parts = undefined;
     stream.prefix = undefined;
     if (code !== GRPC_CODE.OK) {

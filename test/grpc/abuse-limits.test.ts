@@ -168,6 +168,35 @@ test('a grpc-timeout beyond the maximum is cut to it', async () => {
   }
 });
 
+test('client deadlines on one connection fire in deadline order, whatever order the calls came in', async () => {
+  const c = await RawH2Client.connect(address);
+  try {
+    aborted.length = 0;
+    const timeout = (value: string): Buffer[] => [hpackLiteral('without', 'grpc-timeout', value)];
+    const early = c.expect(3);
+    const middle = c.expect(5);
+    // The connection's one deadline timer is armed for the first call, then moved earlier twice.
+    c.write(call(1, request('/t.Test/Hang', timeout('60S')), 'late'));
+    c.write(call(3, request('/t.Test/Hang', timeout('20m')), 'early'));
+    c.write(call(5, request('/t.Test/Hang', timeout('300m')), 'middle'));
+    assert.equal(statusOf(await early), GRPC_CODE.DEADLINE_EXCEEDED);
+    // After firing it is re-armed for the calls still in flight.
+    assert.equal(statusOf(await middle), GRPC_CODE.DEADLINE_EXCEEDED);
+    assert.deepEqual(
+      aborted.map((a) => a.reason.code),
+      [GRPC_CODE.DEADLINE_EXCEEDED, GRPC_CODE.DEADLINE_EXCEEDED],
+    );
+    // The 60 s call is still running: a call on the same connection is answered meanwhile.
+    await echoes(c, 7);
+    c.write(frame(FRAME.RST_STREAM, 0, 1, Buffer.from([0, 0, 0, 8])));
+    await c.ping();
+    assert.equal(aborted.length, 3);
+    assert.equal(aborted[2]?.reason.code, GRPC_CODE.CANCELLED);
+  } finally {
+    c.close();
+  }
+});
+
 test('handlers still running after a reset count toward the stream limit; a reset aborts their signal', async () => {
   const c = await AttackConn.connect(address);
   aborted.length = 0;
