@@ -119,16 +119,64 @@ export function createPluginMetrics(build: {
     return labels;
   };
 
+  // Every call records two series and so does every backend operation: each label set is looked up
+  // once and its series kept (label values are bounded: known methods x gRPC codes, two operations x
+  // a few outcomes), so the hot path builds no label object and no series key.
+  interface Pair {
+    readonly count: { inc(by?: number): void };
+    readonly time: { observe(value: number): void };
+  }
+  const callSeries = new Map<string, Map<string, Pair>>();
+  const backendSeries = new Map<string, Map<string, Pair>>();
+  const cached = (
+    table: Map<string, Map<string, Pair>>,
+    a: string,
+    b: string,
+    make: () => Pair,
+    keep: boolean,
+  ): Pair => {
+    let inner = table.get(a);
+    let pair = inner?.get(b);
+    if (pair === undefined) {
+      pair = make();
+      if (keep) {
+        if (inner === undefined) table.set(a, (inner = new Map()));
+        inner.set(b, pair);
+      }
+    }
+    return pair;
+  };
+
   return {
     registry,
     recordCall(method, code, durationSeconds) {
-      const labels = methodLabels(method);
-      requests.inc({ ...labels, code });
-      latency.observe(durationSeconds, labels);
+      const pair = cached(
+        callSeries,
+        method,
+        code,
+        () => {
+          const labels = methodLabels(method);
+          return { count: requests.series({ ...labels, code }), time: latency.series(labels) };
+        },
+        // Unknown paths all share the 'unknown' series: not cached per path (that set is unbounded).
+        KNOWN_METHOD.test(method),
+      );
+      pair.count.inc();
+      pair.time.observe(durationSeconds);
     },
     backendOperation(operation, outcome, seconds) {
-      backendOps.inc({ backend: build.backend, operation, outcome });
-      backendLatency.observe(seconds, { backend: build.backend, operation });
+      const pair = cached(
+        backendSeries,
+        operation,
+        outcome,
+        () => ({
+          count: backendOps.series({ backend: build.backend, operation, outcome }),
+          time: backendLatency.series({ backend: build.backend, operation }),
+        }),
+        true,
+      );
+      pair.count.inc();
+      pair.time.observe(seconds);
     },
     selfTest(ok, atMs) {
       selfTestOk.set(ok ? 1 : 0);
