@@ -15,7 +15,8 @@
 // Everything a peer can make us hold is limited (LEAN_LIMITS below, docs/grpc.md "Limits and abuse
 // handling"): connections, streams and running handlers, header block bytes, frames and time, buffered
 // request and response bytes, call time, send time, idle time, and cheap control frames per second.
-// Coarse time limits are checked by one sweep timer per server (not a timer per frame or per stream).
+// Coarse time limits are checked by one sweep timer per server (not a timer per frame or per stream);
+// client deadlines (grpc-timeout) by one timer per connection, armed at the earliest deadline.
 
 import type { Socket } from 'node:net';
 import type { Logger } from '../logger.js';
@@ -133,7 +134,11 @@ export const LEAN_SEND_TIMEOUT_MS = 10_000;
  * Cheap frames that cost us work but carry no call (PING, SETTINGS, PRIORITY, unknown types, empty
  * DATA, tiny WINDOW_UPDATEs, frames on closed streams, refused or malformed streams) per sweep
  * interval (1 s). More is GOAWAY ENHANCE_YOUR_CALM (grpc-go: "too_many_pings"). A real client sends a
- * handful per second at most.
+ * handful per second at most, except for what answers our responses: grpc-go's BDP estimator sends a
+ * small connection WINDOW_UPDATE and a PING after receiving DATA (the API server's KMS client does,
+ * once per response at concurrency 1). As in grpc-go's server (a ping after we sent data is no
+ * strike), the first PING and the first small WINDOW_UPDATE after each response are free; without
+ * this a busy, well-behaved client had its connection torn down every ~100 ms.
  */
 export const LEAN_MAX_STRIKES = 1000;
 /** Granularity of the coarse time limits above: they fire at most one interval late. */
@@ -311,7 +316,6 @@ class Stream extends CallAbort implements UnaryCall {
   deadline: number | undefined = undefined;
   handler: UnaryHandler | undefined = undefined;
   started = 0;
-  timer: NodeJS.Timeout | undefined = undefined;
   /** The server's sweep tick when the stream opened (for the default call timeout). */
   bornTick = 0;
 
@@ -359,9 +363,8 @@ class Stream extends CallAbort implements UnaryCall {
   }
 }
 
-function onDeadline(stream: Stream): void {
-  stream.timer = undefined;
-  stream.conn.finish(stream, GRPC_CODE.DEADLINE_EXCEEDED, 'deadline exceeded');
+function onDeadlines(conn: Connection): void {
+  conn.checkDeadlines();
 }
 
 function uncork(conn: Connection): void {
@@ -434,6 +437,17 @@ class Connection {
   private paused = false;
   private ageTicks = 0;
   private strikes = 0;
+  /** A response went out since the client's last PING / small WINDOW_UPDATE (see LEAN_MAX_STRIKES). */
+  private pingFree = false;
+  private windowUpdateFree = false;
+  /**
+   * Client deadlines: one timer, armed at the earliest deadline of a call in flight. A timer per call
+   * cost a Timeout object and a timer-list insert and removal on every call, although calls finish in
+   * microseconds and a deadline almost never fires; kube-apiserver's constant 3 s timeout means later
+   * calls never re-arm it. When it fires it ends the expired calls and re-arms for the next deadline.
+   */
+  private deadlineTimer: NodeJS.Timeout | undefined = undefined;
+  private deadlineAt = Infinity;
 
   // peer settings
   private peerInitialWindow = DEFAULT_WINDOW;
@@ -546,9 +560,13 @@ class Connection {
   send(bytes: Buffer): void {
     if (this.destroyed || this.socket.writableEnded) return;
     if (!this.corked) {
+      // Everything sent until the loop's check phase goes out in one write: control frames answered
+      // while reading (a PING ACK, WINDOW_UPDATEs) and the responses of handlers that settle in the
+      // microtasks after that read. process.nextTick would flush before those microtasks run, so a
+      // PING that arrived with the next request cost a write of its own (two writes per call).
       this.corked = true;
       this.socket.cork();
-      process.nextTick(uncork, this);
+      setImmediate(uncork, this);
     }
     this.socket.write(bytes);
     if (!this.paused && this.socket.writableLength > MAX_QUEUED_OUTPUT) {
@@ -727,11 +745,43 @@ class Connection {
   }
 
   private cancelAll(message: string): void {
+    this.stopDeadlines();
     for (const stream of [...this.streams.values()]) {
       stream.localEnded = true;
       this.finish(stream, GRPC_CODE.CANCELLED, message);
       this.release(stream);
     }
+  }
+
+  private watchDeadline(at: number): void {
+    if (at >= this.deadlineAt) return;
+    if (this.deadlineTimer !== undefined) clearTimeout(this.deadlineTimer);
+    this.deadlineAt = at;
+    this.deadlineTimer = setTimeout(onDeadlines, Math.max(1, at - Date.now()), this);
+    // The socket keeps the process alive while the connection is open; nothing is due after that.
+    this.deadlineTimer.unref();
+  }
+
+  private stopDeadlines(): void {
+    if (this.deadlineTimer !== undefined) clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
+    this.deadlineAt = Infinity;
+  }
+
+  /** The deadline timer fired: ends every call past its deadline, re-arms for the earliest left. */
+  checkDeadlines(): void {
+    this.deadlineTimer = undefined;
+    this.deadlineAt = Infinity;
+    if (this.destroyed) return;
+    const now = Date.now();
+    let next = Infinity;
+    for (const stream of this.streams.values()) {
+      const at = stream.deadline;
+      if (at === undefined || stream.finished) continue;
+      if (at <= now) this.finish(stream, GRPC_CODE.DEADLINE_EXCEEDED, 'deadline exceeded');
+      else if (at < next) next = at;
+    }
+    if (next !== Infinity) this.watchDeadline(next);
   }
 
   /** Called by the server's sweep timer once per interval: every coarse time limit lives here. */
@@ -763,7 +813,7 @@ class Connection {
           shared.logger.debug('grpc response dropped: the client did not open its window in time', { stream: stream.id });
           this.reset(stream, CANCEL);
         }
-      } else if (!stream.finished && stream.timer === undefined && shared.tick - stream.bornTick > shared.callTicks) {
+      } else if (!stream.finished && stream.deadline === undefined && shared.tick - stream.bornTick > shared.callTicks) {
         this.finish(stream, GRPC_CODE.DEADLINE_EXCEEDED, `the call exceeded the server's limit of ${shared.limits.defaultCallTimeoutMs} ms`);
       }
     }
@@ -863,7 +913,8 @@ class Connection {
       case TYPE_PING:
         if (id !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'PING on a stream');
         if (payload.length !== 8) throw new ConnectionError(FRAME_SIZE_ERROR, 'PING of the wrong size');
-        this.strike('too_many_pings');
+        if (this.pingFree && (flags & FLAG_ACK) === 0) this.pingFree = false;
+        else this.strike('too_many_pings');
         if ((flags & FLAG_ACK) === 0) this.send(controlFrame(TYPE_PING, FLAG_ACK, 0, payload));
         return;
       case TYPE_WINDOW_UPDATE:
@@ -950,7 +1001,10 @@ class Connection {
   private onWindowUpdate(id: number, payload: Buffer): void {
     if (payload.length !== 4) throw new ConnectionError(FRAME_SIZE_ERROR, 'WINDOW_UPDATE of the wrong size');
     const increment = payload.readUInt32BE(0) & 0x7fff_ffff;
-    if (increment < SMALL_WINDOW_UPDATE) this.strike('too many small WINDOW_UPDATE frames');
+    if (increment < SMALL_WINDOW_UPDATE) {
+      if (this.windowUpdateFree) this.windowUpdateFree = false;
+      else this.strike('too many small WINDOW_UPDATE frames');
+    }
     if (id === 0) {
       if (increment === 0) throw new ConnectionError(PROTOCOL_ERROR, 'WINDOW_UPDATE of 0');
       this.connSendWindow += increment;
@@ -1101,7 +1155,7 @@ class Connection {
       if (asked === undefined) return this.finish(stream, GRPC_CODE.INVALID_ARGUMENT, 'malformed grpc-timeout');
       const ms = Math.min(asked, limits.maxCallTimeoutMs);
       stream.deadline = Date.now() + ms;
-      stream.timer = setTimeout(onDeadline, ms, stream);
+      this.watchDeadline(stream.deadline);
     }
     stream.authority = decodeAuthority(this.fAuthority ?? this.fHost ?? '');
     if (endStream) this.onEnd(stream);
@@ -1255,7 +1309,6 @@ class Connection {
       return this.finish(stream, GRPC_CODE.CANCELLED, 'stream closed');
     }
     stream.finished = true;
-    if (stream.timer !== undefined) clearTimeout(stream.timer);
     const size = MESSAGE_PREFIX + response.length;
     if (size <= this.peerMaxFrameSize && size <= stream.sendWindow && size <= this.connSendWindow) {
       // The hot path: HEADERS + DATA + trailers in one buffer, one write.
@@ -1274,6 +1327,7 @@ class Connection {
       this.connSendWindow -= size;
       stream.localEnded = true;
       this.send(out);
+      this.pingFree = this.windowUpdateFree = true;
       this.record(stream, GRPC_CODE.OK);
       this.release(stream);
       return;
@@ -1325,6 +1379,7 @@ class Connection {
       stream.localEnded = true;
       stream.pending = undefined;
       this.send(tail);
+      this.pingFree = this.windowUpdateFree = true;
       this.record(stream, GRPC_CODE.OK);
       this.release(stream);
     }
@@ -1348,7 +1403,6 @@ class Connection {
   finish(stream: Stream, code: GrpcCode, message: string): void {
     if (stream.finished) return;
     stream.finished = true;
-    if (stream.timer !== undefined) clearTimeout(stream.timer);
     stream.parts = undefined;
     stream.prefix = undefined;
     if (code !== GRPC_CODE.OK) {

@@ -42,6 +42,8 @@ function labelValues(names: readonly string[], labels: Labels): string[] {
 
 export interface Counter {
   inc(labels?: Labels, by?: number): void;
+  /** The series of one label set, looked up once: for a caller on the hot path that caches it. */
+  series(labels?: Labels): { inc(by?: number): void };
 }
 
 export interface Gauge {
@@ -52,6 +54,8 @@ export interface Gauge {
 
 export interface Histogram {
   observe(value: number, labels?: Labels): void;
+  /** The series of one label set, looked up once (see Counter.series). */
+  series(labels?: Labels): { observe(value: number): void };
 }
 
 export interface Registry {
@@ -73,6 +77,13 @@ export interface Registry {
 export const LATENCY_BUCKETS = [
   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 ] as const;
+
+interface HistogramSeries {
+  readonly labels: string[];
+  readonly counts: number[];
+  sum: number;
+  count: number;
+}
 
 export function createRegistry(): Registry {
   const metrics: Metric[] = [];
@@ -108,6 +119,15 @@ export function createRegistry(): Registry {
         inc(labels = {}, by = 1) {
           s.get(labels).value += by;
         },
+        series(labels = {}) {
+          // Counters are never cleared, so the series object stays the one rendered.
+          const one = s.get(labels);
+          return {
+            inc(by = 1) {
+              one.value += by;
+            },
+          };
+        },
       };
     },
     gauge(name, help, labelNames = []) {
@@ -132,10 +152,7 @@ export function createRegistry(): Registry {
       });
     },
     histogram(name, help, buckets, labelNames = []) {
-      const values = new Map<
-        string,
-        { labels: string[]; counts: number[]; sum: number; count: number }
-      >();
+      const values = new Map<string, HistogramSeries>();
       metrics.push({
         render() {
           let out = `# HELP ${name} ${help}\n# TYPE ${name} histogram\n`;
@@ -153,22 +170,33 @@ export function createRegistry(): Registry {
           return out;
         },
       });
+      const get = (labels: Labels): HistogramSeries => {
+        const id = seriesKey(labelNames, labels);
+        let s = values.get(id);
+        if (s === undefined) {
+          s = { labels: labelValues(labelNames, labels), counts: buckets.map(() => 0), sum: 0, count: 0 };
+          values.set(id, s);
+        }
+        return s;
+      };
+      const observe = (s: HistogramSeries, value: number): void => {
+        for (let i = 0; i < buckets.length; i++) {
+          if (value <= buckets[i]!) {
+            s.counts[i]! += 1;
+            break;
+          }
+        }
+        s.sum += value;
+        s.count += 1;
+      };
       return {
         observe(value, labels = {}) {
-          const id = seriesKey(labelNames, labels);
-          let s = values.get(id);
-          if (s === undefined) {
-            s = { labels: labelValues(labelNames, labels), counts: buckets.map(() => 0), sum: 0, count: 0 };
-            values.set(id, s);
-          }
-          for (let i = 0; i < buckets.length; i++) {
-            if (value <= buckets[i]!) {
-              s.counts[i]! += 1;
-              break;
-            }
-          }
-          s.sum += value;
-          s.count += 1;
+          observe(get(labels), value);
+        },
+        series(labels = {}) {
+          // Histograms are never cleared, so the series object stays the one rendered.
+          const one = get(labels);
+          return { observe: (value: number) => observe(one, value) };
         },
       };
     },

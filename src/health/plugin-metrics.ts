@@ -92,11 +92,26 @@ function timedOperations(
     LATENCY_BUCKETS,
     spec.labels,
   );
+  // Every call records both: each label set's two series are looked up once and kept, so the hot path
+  // builds no label object. Label values come from fixed sets (unknown gRPC methods are 'unknown'),
+  // and the table is capped anyway: past MAX_KEPT_SERIES a label set is looked up every time.
+  const kept = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();
   return (labels, outcome, seconds) => {
-    total.inc({ ...labels, [spec.outcomeLabel]: outcome });
-    duration.observe(seconds, labels);
+    const key = `${spec.labels.map((l) => labels[l]).join('\0')}\0${outcome}`;
+    let pair = kept.get(key);
+    if (pair === undefined) {
+      pair = {
+        count: total.series({ ...labels, [spec.outcomeLabel]: outcome }),
+        time: duration.series(labels),
+      };
+      if (kept.size < MAX_KEPT_SERIES) kept.set(key, pair);
+    }
+    pair.count.inc();
+    pair.time.observe(seconds);
   };
 }
+
+const MAX_KEPT_SERIES = 1000;
 
 function selfTestMetrics(registry: Registry): PluginMetrics['selfTest'] {
   const selfTestOk = registry.gauge(

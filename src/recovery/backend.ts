@@ -40,7 +40,18 @@ export function withRecoveryLayer(inner: KeyBackend, options: RecoveryLayerOptio
     const ciphertext = looksLikeContainer(request.ciphertext)
       ? parseContainer(request.ciphertext).inner
       : request.ciphertext;
-    return inner.unwrap({ ...request, ciphertext, ...(annotations ? { annotations } : {}) });
+    // Not `...request`: spreading reads the lazy `signal` getter, which creates an AbortController
+    // for every call (several microseconds each) that the keyring never looks at.
+    const { keyID, uid } = request;
+    return inner.unwrap({
+      ciphertext,
+      ...(keyID === undefined ? {} : { keyID }),
+      ...(annotations === undefined ? {} : { annotations }),
+      ...(uid === undefined ? {} : { uid }),
+      get signal() {
+        return request.signal;
+      },
+    });
   }
 
   // Everything else is the inner backend's own: the optional parts (health, keySet) only where it has them.

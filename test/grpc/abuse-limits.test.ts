@@ -168,6 +168,35 @@ test('a grpc-timeout beyond the maximum is cut to it', async () => {
   }
 });
 
+test('client deadlines on one connection fire in deadline order, whatever order the calls came in', async () => {
+  const c = await RawH2Client.connect(address);
+  try {
+    aborted.length = 0;
+    const timeout = (value: string): Buffer[] => [hpackLiteral('without', 'grpc-timeout', value)];
+    const early = c.expect(3);
+    const middle = c.expect(5);
+    // The connection's one deadline timer is armed for the first call, then moved earlier twice.
+    c.write(call(1, request('/t.Test/Hang', timeout('60S')), 'late'));
+    c.write(call(3, request('/t.Test/Hang', timeout('20m')), 'early'));
+    c.write(call(5, request('/t.Test/Hang', timeout('300m')), 'middle'));
+    assert.equal(statusOf(await early), GRPC_CODE.DEADLINE_EXCEEDED);
+    // After firing it is re-armed for the calls still in flight.
+    assert.equal(statusOf(await middle), GRPC_CODE.DEADLINE_EXCEEDED);
+    assert.deepEqual(
+      aborted.map((a) => a.reason.code),
+      [GRPC_CODE.DEADLINE_EXCEEDED, GRPC_CODE.DEADLINE_EXCEEDED],
+    );
+    // The 60 s call is still running: a call on the same connection is answered meanwhile.
+    await echoes(c, 7);
+    c.write(frame(FRAME.RST_STREAM, 0, 1, Buffer.from([0, 0, 0, 8])));
+    await c.ping();
+    assert.equal(aborted.length, 3);
+    assert.equal(aborted[2]?.reason.code, GRPC_CODE.CANCELLED);
+  } finally {
+    c.close();
+  }
+});
+
 test('handlers still running after a reset count toward the stream limit; a reset aborts their signal', async () => {
   const c = await AttackConn.connect(address);
   aborted.length = 0;
@@ -312,4 +341,32 @@ test('a connection idle past the idle timeout gets GOAWAY NO_ERROR and is closed
   await c.waitFor('closed', () => c.closed);
   assert.ok(c.answered.has(1));
   assert.equal(c.goaway?.code, H2.NO_ERROR);
+});
+
+test("grpc-go's BDP probe after each response (a small WINDOW_UPDATE, then a PING) is no strike; more is", async () => {
+  // A sweep far longer than the test: strikes are never forgiven by the clock here.
+  const strict = await serve({ maxStrikes: 10, sweepIntervalMs: 60_000 });
+  const increment = Buffer.alloc(4);
+  increment.writeUInt32BE(100);
+  const probe = Buffer.concat([frame(FRAME.WINDOW_UPDATE, 0, 0, increment), frame(FRAME.PING, 0, 0, Buffer.alloc(8))]);
+  const c = await RawH2Client.connect(strict);
+  try {
+    // 30 responses, each answered by the client as grpc-go's BDP estimator does: 60 frames, limit 10.
+    for (let id = 1; id <= 59; id += 2) {
+      await echoes(c, id);
+      c.write(probe);
+    }
+    await c.ping();
+    await echoes(c, 61);
+    assert.equal(c.goaway, undefined);
+  } finally {
+    c.close();
+  }
+  // The allowance is one PING and one small WINDOW_UPDATE per response, not a licence to flood.
+  const flood = await AttackConn.connect(strict);
+  await flood.writeAll([call(1, echo, 'once')]);
+  await flood.waitFor('answered', () => flood.answered.has(1));
+  await flood.writeAll([Buffer.concat(Array.from({ length: 20 }, () => probe))]);
+  await flood.waitFor('closed', () => flood.closed);
+  assert.equal(flood.goaway?.code, H2.ENHANCE_YOUR_CALM);
 });

@@ -31,6 +31,32 @@ test('counters, gauges and histograms render in the Prometheus text format', () 
   assert.throws(() => r.counter('y', 'Y.', ['a']).inc({ b: '1' }), TypeError);
 });
 
+test('a kept series and the label-set calls count into the same rendered series', () => {
+  const r = createRegistry();
+  const c = r.counter('c_total', 'C.', ['a']);
+  const h = r.histogram('h_seconds', 'H.', [0.1, 1], ['m']);
+  const kept = c.series({ a: 'x' });
+  const keptH = h.series({ m: 'A' });
+  kept.inc();
+  c.inc({ a: 'x' }, 2);
+  kept.inc(4);
+  keptH.observe(0.05);
+  h.observe(0.5, { m: 'A' });
+  const text = r.render();
+  assert.ok(text.includes('c_total{a="x"} 7\n'));
+  assert.ok(text.includes('h_seconds_bucket{m="A",le="1"} 2\n'));
+  assert.ok(text.includes('h_seconds_count{m="A"} 2\n'));
+  const m = createPluginMetrics({ version: '1', backend: 'keyring' });
+  for (let i = 0; i < 3; i++) m.recordCall('/v2.KeyManagementService/Encrypt', 'OK', 0.001);
+  m.recordCall('/v2.KeyManagementService/Encrypt', 'INVALID_ARGUMENT', 0.001);
+  for (let i = 0; i < 2; i++) m.backendOperation('wrap', 'ok', 0.0001);
+  const plugin = m.registry.render();
+  assert.match(plugin, /atrest_grpc_requests_total\{service="v2\.KeyManagementService",method="Encrypt",code="OK"\} 3\n/);
+  assert.match(plugin, /atrest_grpc_requests_total\{service="v2\.KeyManagementService",method="Encrypt",code="INVALID_ARGUMENT"\} 1\n/);
+  assert.match(plugin, /atrest_grpc_request_duration_seconds_count\{service="v2\.KeyManagementService",method="Encrypt"\} 4\n/);
+  assert.match(plugin, /atrest_backend_operations_total\{backend="keyring",operation="wrap",outcome="ok"\} 2\n/);
+});
+
 test('unknown gRPC methods never become label values', () => {
   const m = createPluginMetrics({ version: '1', backend: 'keyring' });
   for (let i = 0; i < 50; i++) m.recordCall(`/evil.Service/M${i}`, 'UNIMPLEMENTED', 0.001);

@@ -55,6 +55,32 @@ describe('recovery layer on the keyring backend', async () => {
     await assert.rejects(v2.decrypt({ ciphertext: other.ciphertext, keyID: w.keyID, annotations, uid: 'u' }), DecryptionFailedError);
   });
 
+  it('hands the caller\'s signal on without reading it (the plugin creates it on first read), and passes it when read', async () => {
+    const w = await sealing.wrap({ plaintext: dek, annotationsAllowed: true });
+    const controller = new AbortController();
+    let reads = 0;
+    const request = {
+      ciphertext: w.ciphertext,
+      keyID: w.keyID,
+      annotations: w.annotations ?? {},
+      get signal() {
+        reads++;
+        return controller.signal;
+      },
+    };
+    assert.deepEqual(await sealing.unwrap(request), dek);
+    assert.deepEqual(await readOnly.unwrap(request), dek);
+    assert.equal(reads, 0, 'the keyring never needs the signal, so nothing may read it');
+    let seen: AbortSignal | undefined;
+    const probe = withRecoveryLayer(
+      { ...inner, unwrap: async (r) => ((seen = r.signal), inner.unwrap(r)) },
+      {},
+    );
+    await probe.unwrap(request);
+    assert.equal(seen, controller.signal);
+    assert.equal(reads, 1);
+  });
+
   it('a tampered seal is detected; the KEK path does not depend on the seal', async () => {
     const w = await sealing.wrap({ plaintext: dek });
     const { seal } = parseContainer(w.ciphertext);

@@ -7,6 +7,8 @@
 // workers call back to back. Open loop (-rate R): calls are scheduled R per second and latency counts
 // from the scheduled start, so a stalled server is not hidden by the generator waiting for it.
 // With -pid, the server's CPU time (utime+stime from /proc/PID/stat, all threads) is read before and after.
+// -api v1 drives the KMS v1beta1 API with the API server's v1 client (envelope.NewGRPCService) instead:
+// the per-write Encrypt of kms v1, where every Secret written costs an RPC.
 package main
 
 import (
@@ -24,6 +26,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope"
 	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2"
 	"k8s.io/klog/v2"
 	kmsservice "k8s.io/kms/pkg/service"
@@ -49,6 +52,7 @@ func main() {
 	warmup := flag.Duration("warmup", time.Second, "unmeasured warm-up before the measurement")
 	rate := flag.Int("rate", 0, "RPCs per second (0 = closed loop, as fast as the workers go)")
 	pid := flag.Int("pid", 0, "server process whose CPU time is measured")
+	api := flag.String("api", "v2", "KMS API: v2, or v1 (v1beta1, the API server's v1 client)")
 	flag.Parse()
 	klog.SetLogger(logr.Discard())
 	if *endpoint == "" {
@@ -57,7 +61,15 @@ func main() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	svc, err := kmsv2.NewGRPCService(ctx, *endpoint, "loadgen", 3*time.Second)
+	var svc kmsservice.Service
+	var err error
+	if *api == "v1" {
+		var v1 envelope.Service
+		v1, err = envelope.NewGRPCService(ctx, *endpoint, 3*time.Second)
+		svc = v1Service{v1}
+	} else {
+		svc, err = kmsv2.NewGRPCService(ctx, *endpoint, "loadgen", 3*time.Second)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
@@ -85,6 +97,22 @@ func main() {
 	if errs > 0 {
 		os.Exit(1)
 	}
+}
+
+// v1Service drives a v1beta1 client through the same loop: Encrypt and Decrypt, no key id.
+type v1Service struct{ envelope.Service }
+
+func (s v1Service) Encrypt(_ context.Context, _ string, plain []byte) (*kmsservice.EncryptResponse, error) {
+	ct, err := s.Service.Encrypt(plain)
+	return &kmsservice.EncryptResponse{Ciphertext: ct}, err
+}
+
+func (s v1Service) Decrypt(_ context.Context, _ string, req *kmsservice.DecryptRequest) ([]byte, error) {
+	return s.Service.Decrypt(req.Ciphertext)
+}
+
+func (s v1Service) Status(context.Context) (*kmsservice.StatusResponse, error) {
+	return nil, fmt.Errorf("v1 has no Status")
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
