@@ -32,6 +32,9 @@ export interface TransportOptions {
 const STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024;
 
+/** setTimeout fires at once for anything longer (about 24.8 days): a longer deadline is clamped. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** The endpoint could not be used (refused, reset, TLS failure, closed before answering): try another. */
 export class EndpointUnreachableError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -150,7 +153,7 @@ export class UnaryTransport {
       inFlight: 0,
       ready: new Promise<void>((resolve, reject) => {
         session.once('connect', () => {
-          session.setLocalWindowSize(CONNECTION_WINDOW_BYTES);
+          if (!session.destroyed) session.setLocalWindowSize(CONNECTION_WINDOW_BYTES);
           resolve();
         });
         session.once('error', reject);
@@ -200,7 +203,7 @@ export class UnaryTransport {
         if (stream && !stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
         // an endpoint that never said a word (stopped, black-holed) is not worth keeping
         if (!conn.heard) conn.session.destroy();
-      }, timeoutMs);
+      }, Math.min(timeoutMs, MAX_TIMER_MS));
 
       conn.ready.then(
         () => {
