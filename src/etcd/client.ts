@@ -134,6 +134,9 @@ const DEFAULT_CALLS_IN_FLIGHT = 16;
  */
 const DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 
+/** The first page when pages are sized by bytes: value sizes are not known yet (the old fixed size). */
+const FIRST_PAGE_VALUES = 500;
+
 /** What etcd's own messages mean for the user, added to them (grpc-message text -> hint). */
 const ETCD_ERROR_HINTS: readonly (readonly [RegExp, string])[] = [
   [/too many operations in txn request/, "more keys than etcd's --max-txn-ops allows in one transaction (default 128)"],
@@ -302,16 +305,24 @@ export class EtcdClient {
   }
 
   /**
-   * Every key-value under [start, end) in pages of `pageSize`, in key order, each page read at the
-   * latest revision (not pinned: a long scan must survive the API server's periodic compaction).
-   * A page whose response exceeds the size limit is read again with half the limit, down to one value.
+   * Every key-value under [start, end) in pages, in key order, each page read at the latest revision
+   * (not pinned: a long scan must survive the API server's periodic compaction).
+   *
+   * `pageSize` is the most values a page holds (default 500). With `pageBytes`, pages are sized by
+   * bytes instead: the first holds at most FIRST_PAGE_VALUES, each next one as many values as fit
+   * `pageBytes` at the previous page's average size (never more than pageSize). Fewer, larger pages
+   * matter: etcd counts the whole rest of the range for every limited Range, so its cost grows with
+   * the number of pages. A page whose response exceeds the size limit is read again with half the
+   * limit, down to one value.
    */
   async *pages(
     start: Uint8Array,
     end: Uint8Array,
-    options: { pageSize?: number; keysOnly?: boolean } = {},
+    options: { pageSize?: number; pageBytes?: number; keysOnly?: boolean } = {},
   ): AsyncGenerator<KeyValue[]> {
-    let limit = options.pageSize ?? 500;
+    const maxValues = options.pageSize ?? 500;
+    const pageBytes = options.pageBytes;
+    let limit = pageBytes === undefined ? maxValues : Math.min(maxValues, FIRST_PAGE_VALUES);
     let from: Uint8Array = start;
     for (;;) {
       let page: RangeResult;
@@ -324,10 +335,17 @@ export class EtcdClient {
         }
         throw err;
       }
-      if (page.kvs.length === 0) return;
-      yield page.kvs;
+      const kvs = page.kvs;
+      if (kvs.length === 0) return;
+      yield kvs;
       if (!page.more) return;
-      from = keyAfter(page.kvs[page.kvs.length - 1]!.key);
+      from = keyAfter(kvs[kvs.length - 1]!.key);
+      if (pageBytes !== undefined) {
+        let bytes = 0;
+        for (const kv of kvs) bytes += kv.key.length + kv.value.length;
+        const average = Math.max(1, bytes / kvs.length);
+        limit = Math.max(1, Math.min(maxValues, Math.floor(pageBytes / average)));
+      }
     }
   }
 }

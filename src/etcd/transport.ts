@@ -32,6 +32,9 @@ export interface TransportOptions {
 const STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024;
 
+/** How long close() lets calls in flight finish before it cuts the connection. */
+const CLOSE_GRACE_MS = 5000;
+
 /** setTimeout fires at once for anything longer (about 24.8 days): a longer deadline is clamped. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -68,25 +71,17 @@ interface Connection {
   inFlight: number;
 }
 
-function httpStatusToCode(status: number): GrpcCode {
-  switch (status) {
-    case 400:
-      return GRPC_CODE.INTERNAL;
-    case 401:
-      return GRPC_CODE.UNAUTHENTICATED;
-    case 403:
-      return GRPC_CODE.PERMISSION_DENIED;
-    case 404:
-      return GRPC_CODE.UNIMPLEMENTED;
-    case 429:
-    case 502:
-    case 503:
-    case 504:
-      return GRPC_CODE.UNAVAILABLE;
-    default:
-      return GRPC_CODE.UNKNOWN;
-  }
-}
+/** The gRPC code an HTTP status means when the answer carries no grpc-status (gRPC's HTTP mapping). */
+const HTTP_STATUS_CODE: Readonly<Record<number, GrpcCode>> = {
+  400: GRPC_CODE.INTERNAL,
+  401: GRPC_CODE.UNAUTHENTICATED,
+  403: GRPC_CODE.PERMISSION_DENIED,
+  404: GRPC_CODE.UNIMPLEMENTED,
+  429: GRPC_CODE.UNAVAILABLE,
+  502: GRPC_CODE.UNAVAILABLE,
+  503: GRPC_CODE.UNAVAILABLE,
+  504: GRPC_CODE.UNAVAILABLE,
+};
 
 export class UnaryTransport {
   private readonly options: TransportOptions;
@@ -125,8 +120,13 @@ export class UnaryTransport {
       all.map(
         (c) =>
           new Promise<void>((resolve) => {
-            if (c.session.closed || c.session.destroyed) return resolve();
-            c.session.close(() => resolve());
+            if (c.session.destroyed) return resolve();
+            c.session.once('close', () => resolve());
+            // an idle session is unref'd: keep the process alive until it has said goodbye
+            c.session.ref();
+            if (!c.session.closed) c.session.close();
+            // calls still in flight may finish; a peer that never lets go is cut off
+            setTimeout(() => c.session.destroy(), CLOSE_GRACE_MS).unref();
           }),
       ),
     );
@@ -259,7 +259,7 @@ export class UnaryTransport {
             }
             const status = statusHeaders?.['grpc-status'];
             if (status === undefined) {
-              const code = httpStatus === 200 ? GRPC_CODE.INTERNAL : httpStatusToCode(httpStatus);
+              const code = httpStatus === 200 ? GRPC_CODE.INTERNAL : (HTTP_STATUS_CODE[httpStatus] ?? GRPC_CODE.UNKNOWN);
               settle(new GrpcStatusError(code, `HTTP ${httpStatus} without a gRPC status`));
               return;
             }

@@ -9,12 +9,13 @@
 // costs one allocation for all its values.
 
 import { FormatInvalidError } from '../errors.js';
+import { Reader } from './wire.js';
 
 /** Field numbers, everything about the wire format in one table (rpc.proto, kv.proto). */
 export const ETCD_FIELD = {
   responseHeader: { revision: 3 },
   keyValue: { key: 1, createRevision: 2, modRevision: 3, version: 4, value: 5 },
-  rangeRequest: { key: 1, rangeEnd: 2, limit: 3, revision: 4, keysOnly: 8, countOnly: 9 },
+  rangeRequest: { key: 1, rangeEnd: 2, limit: 3, revision: 4, serializable: 7, keysOnly: 8, countOnly: 9 },
   rangeResponse: { header: 1, kvs: 2, more: 3, count: 4 },
   putRequest: { key: 1, value: 2 },
   putResponse: { header: 1 },
@@ -45,9 +46,7 @@ export const ETCD_METHOD = {
 } as const;
 
 const WIRE_VARINT = 0;
-const WIRE_I64 = 1;
 const WIRE_LEN = 2;
-const WIRE_I32 = 5;
 
 export interface EtcdKeyValue {
   readonly key: Buffer;
@@ -62,6 +61,7 @@ export interface EtcdRangeRequest {
   readonly rangeEnd?: Uint8Array | undefined;
   readonly limit?: number | undefined;
   readonly revision?: number | undefined;
+  readonly serializable?: boolean | undefined;
   readonly keysOnly?: boolean | undefined;
   readonly countOnly?: boolean | undefined;
 }
@@ -187,6 +187,7 @@ function writeRange(w: Writer, r: EtcdRangeRequest): void {
     assertUint('revision', r.revision);
     w.uint(f.revision, r.revision);
   }
+  w.bool(f.serializable, r.serializable);
   w.bool(f.keysOnly, r.keysOnly);
   w.bool(f.countOnly, r.countOnly);
 }
@@ -251,145 +252,63 @@ export function encodeStatusRequest(): Buffer {
 
 // ---- decoding -------------------------------------------------------------------------------------
 
-/** A cursor over one message's bytes [pos, end) inside a larger buffer. */
-class Reader {
-  pos: number;
-  readonly end: number;
-  readonly buf: Buffer;
+const asBuffer = (data: Uint8Array): Buffer =>
+  Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 
-  constructor(buf: Buffer, start: number, end: number) {
-    this.buf = buf;
-    this.pos = start;
-    this.end = end;
-  }
+/** Reads a tag: [field number, wire type]. */
+function tagOf(r: Reader): [number, number] {
+  const t = r.varint();
+  const field = Math.floor(t / 8);
+  if (field === 0) throw malformed('field number 0');
+  return [field, t & 7];
+}
 
-  more(): boolean {
-    return this.pos < this.end;
-  }
-
-  varint(): number {
-    const buf = this.buf;
-    let pos = this.pos;
-    // the common case: one byte
-    if (pos < this.end) {
-      const b = buf[pos]!;
-      if (b < 0x80) {
-        this.pos = pos + 1;
-        return b;
-      }
-    }
-    let result = 0;
-    let factor = 1;
-    for (let i = 0; i < 10; i++) {
-      if (pos >= this.end) throw malformed('truncated varint');
-      const byte = buf[pos++]!;
-      result += (byte & 0x7f) * factor;
-      if (byte < 0x80) {
-        this.pos = pos;
-        // int64 fields atrest reads are revisions, counts and sizes: a value past 2^53 (or a negative
-        // int64, 10 bytes) is not something etcd sends for them.
-        if (result > Number.MAX_SAFE_INTEGER) throw malformed('int64 out of range');
-        return result;
-      }
-      factor *= 128;
-    }
-    throw malformed('varint longer than 10 bytes');
-  }
-
-  /** Start and end of a length-delimited field's body; the cursor moves past it. */
-  span(): [number, number] {
-    const len = this.varint();
-    const start = this.pos;
-    if (len > this.end - start) throw malformed('length-delimited field runs past the end');
-    this.pos = start + len;
-    return [start, start + len];
-  }
-
-  skip(wireType: number): void {
-    switch (wireType) {
-      case WIRE_VARINT:
-        for (let i = 0; i < 10; i++) {
-          if (this.pos >= this.end) throw malformed('truncated varint');
-          if (this.buf[this.pos++]! < 0x80) return;
-        }
-        throw malformed('varint longer than 10 bytes');
-      case WIRE_I64:
-        this.advance(8);
-        return;
-      case WIRE_LEN:
-        this.span();
-        return;
-      case WIRE_I32:
-        this.advance(4);
-        return;
-      default:
-        throw malformed(`unsupported wire type ${wireType}`);
-    }
-  }
-
-  private advance(n: number): void {
-    if (n > this.end - this.pos) throw malformed('fixed-size field runs past the end');
-    this.pos += n;
-  }
-
-  /** Reads a tag; returns [field number, wire type]. */
-  tag(): [number, number] {
-    const t = this.varint();
-    const field = Math.floor(t / 8);
-    if (field === 0) throw malformed('field number 0');
-    return [field, t & 7];
-  }
-
-  expect(wire: number, actual: number, what: string): void {
-    if (wire !== actual) throw malformed(`${what}: wire type ${actual}, expected ${wire}`);
-  }
+function expectWire(expected: number, actual: number, what: string): void {
+  if (expected !== actual) throw malformed(`${what}: wire type ${actual}, expected ${expected}`);
 }
 
 function readHeaderRevision(r: Reader): number {
-  const [start, end] = r.span();
-  const h = new Reader(r.buf, start, end);
+  const h = new Reader(r.bytes());
   let revision = 0;
-  while (h.more()) {
-    const [field, wire] = h.tag();
+  while (!h.done()) {
+    const [field, wire] = tagOf(h);
     if (field === ETCD_FIELD.responseHeader.revision && wire === WIRE_VARINT) revision = h.varint();
     else h.skip(wire);
   }
   return revision;
 }
 
-function readKeyValue(buf: Buffer, start: number, end: number): EtcdKeyValue {
+function readKeyValue(buf: Buffer): EtcdKeyValue {
   const f = ETCD_FIELD.keyValue;
-  const r = new Reader(buf, start, end);
+  const r = new Reader(buf);
   let key: Buffer | undefined;
   let value: Buffer | undefined;
   let createRevision = 0;
   let modRevision = 0;
   let version = 0;
-  while (r.more()) {
-    const [field, wire] = r.tag();
+  while (!r.done()) {
+    const [field, wire] = tagOf(r);
     switch (field) {
       case f.key: {
-        r.expect(WIRE_LEN, wire, 'KeyValue.key');
-        const [s, e] = r.span();
-        key = Buffer.from(buf.subarray(s, e));
+        expectWire(WIRE_LEN, wire, 'KeyValue.key');
+        key = Buffer.from(r.bytes());
         break;
       }
       case f.value: {
-        r.expect(WIRE_LEN, wire, 'KeyValue.value');
-        const [s, e] = r.span();
-        value = buf.subarray(s, e);
+        expectWire(WIRE_LEN, wire, 'KeyValue.value');
+        value = asBuffer(r.bytes());
         break;
       }
       case f.createRevision:
-        r.expect(WIRE_VARINT, wire, 'KeyValue.create_revision');
+        expectWire(WIRE_VARINT, wire, 'KeyValue.create_revision');
         createRevision = r.varint();
         break;
       case f.modRevision:
-        r.expect(WIRE_VARINT, wire, 'KeyValue.mod_revision');
+        expectWire(WIRE_VARINT, wire, 'KeyValue.mod_revision');
         modRevision = r.varint();
         break;
       case f.version:
-        r.expect(WIRE_VARINT, wire, 'KeyValue.version');
+        expectWire(WIRE_VARINT, wire, 'KeyValue.version');
         version = r.varint();
         break;
       default:
@@ -405,32 +324,31 @@ function readKeyValue(buf: Buffer, start: number, end: number): EtcdKeyValue {
   };
 }
 
-function readRange(buf: Buffer, start: number, end: number): EtcdRangeResponse {
+function readRange(buf: Buffer): EtcdRangeResponse {
   const f = ETCD_FIELD.rangeResponse;
-  const r = new Reader(buf, start, end);
+  const r = new Reader(buf);
   let revision = 0;
   const kvs: EtcdKeyValue[] = [];
   let more = false;
   let count = 0;
-  while (r.more()) {
-    const [field, wire] = r.tag();
+  while (!r.done()) {
+    const [field, wire] = tagOf(r);
     switch (field) {
       case f.header:
-        r.expect(WIRE_LEN, wire, 'RangeResponse.header');
+        expectWire(WIRE_LEN, wire, 'RangeResponse.header');
         revision = readHeaderRevision(r);
         break;
       case f.kvs: {
-        r.expect(WIRE_LEN, wire, 'RangeResponse.kvs');
-        const [s, e] = r.span();
-        kvs.push(readKeyValue(buf, s, e));
+        expectWire(WIRE_LEN, wire, 'RangeResponse.kvs');
+        kvs.push(readKeyValue(asBuffer(r.bytes())));
         break;
       }
       case f.more:
-        r.expect(WIRE_VARINT, wire, 'RangeResponse.more');
+        expectWire(WIRE_VARINT, wire, 'RangeResponse.more');
         more = r.varint() !== 0;
         break;
       case f.count:
-        r.expect(WIRE_VARINT, wire, 'RangeResponse.count');
+        expectWire(WIRE_VARINT, wire, 'RangeResponse.count');
         count = r.varint();
         break;
       default:
@@ -440,20 +358,16 @@ function readRange(buf: Buffer, start: number, end: number): EtcdRangeResponse {
   return { revision, kvs, more, count };
 }
 
-const asBuffer = (data: Uint8Array): Buffer =>
-  Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-
 export function decodeRangeResponse(data: Uint8Array): EtcdRangeResponse {
-  const buf = asBuffer(data);
-  return readRange(buf, 0, buf.length);
+  return readRange(asBuffer(data));
 }
 
 /** PutResponse: only the header's revision. */
 export function decodePutResponse(data: Uint8Array): { revision: number } {
-  const r = new Reader(asBuffer(data), 0, data.length);
+  const r = new Reader(data);
   let revision = 0;
-  while (r.more()) {
-    const [field, wire] = r.tag();
+  while (!r.done()) {
+    const [field, wire] = tagOf(r);
     if (field === ETCD_FIELD.putResponse.header && wire === WIRE_LEN) revision = readHeaderRevision(r);
     else r.skip(wire);
   }
@@ -462,11 +376,11 @@ export function decodePutResponse(data: Uint8Array): { revision: number } {
 
 export function decodeDeleteRangeResponse(data: Uint8Array): { revision: number; deleted: number } {
   const f = ETCD_FIELD.deleteRangeResponse;
-  const r = new Reader(asBuffer(data), 0, data.length);
+  const r = new Reader(data);
   let revision = 0;
   let deleted = 0;
-  while (r.more()) {
-    const [field, wire] = r.tag();
+  while (!r.done()) {
+    const [field, wire] = tagOf(r);
     if (field === f.header && wire === WIRE_LEN) revision = readHeaderRevision(r);
     else if (field === f.deleted && wire === WIRE_VARINT) deleted = r.varint();
     else r.skip(wire);
@@ -474,18 +388,18 @@ export function decodeDeleteRangeResponse(data: Uint8Array): { revision: number;
   return { revision, deleted };
 }
 
-function readResponseOp(buf: Buffer, start: number, end: number): EtcdResponseOp {
+function readResponseOp(buf: Buffer): EtcdResponseOp {
   const f = ETCD_FIELD.responseOp;
-  const r = new Reader(buf, start, end);
+  const r = new Reader(buf);
   let op: EtcdResponseOp = { kind: 'other' };
-  while (r.more()) {
-    const [field, wire] = r.tag();
+  while (!r.done()) {
+    const [field, wire] = tagOf(r);
     if (wire !== WIRE_LEN) {
       r.skip(wire);
       continue;
     }
-    const [s, e] = r.span();
-    if (field === f.range) op = { kind: 'range', range: readRange(buf, s, e) };
+    const body = asBuffer(r.bytes());
+    if (field === f.range) op = { kind: 'range', range: readRange(body) };
     else if (field === f.put) op = { kind: 'put' };
     else if (field === f.deleteRange) op = { kind: 'deleteRange' };
   }
@@ -494,26 +408,24 @@ function readResponseOp(buf: Buffer, start: number, end: number): EtcdResponseOp
 
 export function decodeTxnResponse(data: Uint8Array): EtcdTxnResponse {
   const f = ETCD_FIELD.txnResponse;
-  const buf = asBuffer(data);
-  const r = new Reader(buf, 0, buf.length);
+  const r = new Reader(asBuffer(data));
   let revision = 0;
   let succeeded = false;
   const responses: EtcdResponseOp[] = [];
-  while (r.more()) {
-    const [field, wire] = r.tag();
+  while (!r.done()) {
+    const [field, wire] = tagOf(r);
     switch (field) {
       case f.header:
-        r.expect(WIRE_LEN, wire, 'TxnResponse.header');
+        expectWire(WIRE_LEN, wire, 'TxnResponse.header');
         revision = readHeaderRevision(r);
         break;
       case f.succeeded:
-        r.expect(WIRE_VARINT, wire, 'TxnResponse.succeeded');
+        expectWire(WIRE_VARINT, wire, 'TxnResponse.succeeded');
         succeeded = r.varint() !== 0;
         break;
       case f.responses: {
-        r.expect(WIRE_LEN, wire, 'TxnResponse.responses');
-        const [s, e] = r.span();
-        responses.push(readResponseOp(buf, s, e));
+        expectWire(WIRE_LEN, wire, 'TxnResponse.responses');
+        responses.push(readResponseOp(asBuffer(r.bytes())));
         break;
       }
       default:
@@ -527,18 +439,17 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 export function decodeStatusResponse(data: Uint8Array): EtcdStatusResponse {
   const f = ETCD_FIELD.statusResponse;
-  const buf = asBuffer(data);
-  const r = new Reader(buf, 0, buf.length);
+  const r = new Reader(asBuffer(data));
   let revision = 0;
   let version = '';
   let dbSize = 0;
-  while (r.more()) {
-    const [field, wire] = r.tag();
+  while (!r.done()) {
+    const [field, wire] = tagOf(r);
     if (field === f.header && wire === WIRE_LEN) revision = readHeaderRevision(r);
     else if (field === f.version && wire === WIRE_LEN) {
-      const [s, e] = r.span();
+      const raw = r.bytes();
       try {
-        version = utf8.decode(buf.subarray(s, e));
+        version = utf8.decode(raw);
       } catch {
         throw malformed('StatusResponse.version is not UTF-8');
       }
