@@ -108,7 +108,7 @@ async function main(): Promise<void> {
         `(local, one member, fsync on, ${etcdBinary('etcd')}).`,
       '',
       `${COUNT} Secrets, each stored value ${values[0]!.length} bytes; client: atrest's EtcdClient ` +
-        `(JSON gateway, HTTP/1.1 keep-alive), concurrency ${CONCURRENCY} for both rows.`,
+        `(etcd gRPC API, protobuf over one HTTP/2 connection), ${CONCURRENCY} calls in flight for both rows.`,
       '',
       '| What | Seconds | Keys/s | vs floor |',
       '|---|---:|---:|---:|',
