@@ -8,7 +8,7 @@
 // enough to write by hand (only the fields used), so there is still no generated code.
 
 import { AtrestError } from '../errors.js';
-import { GrpcStatusError, grpcCodeName } from '../grpc/status.js';
+import { GRPC_CODE, GrpcStatusError, grpcCodeName } from '../grpc/status.js';
 import {
   ETCD_METHOD,
   decodeDeleteRangeResponse,
@@ -214,7 +214,7 @@ export class EtcdClient {
           continue;
         }
         // "etcdserver: no leader", "too many requests": another member may do better.
-        if (err instanceof GrpcStatusError && err.code === 14 && attempt < n - 1) {
+        if (err instanceof GrpcStatusError && err.code === GRPC_CODE.UNAVAILABLE && attempt < n - 1) {
           lastErr = err;
           continue;
         }
