@@ -108,8 +108,8 @@ async function main(): Promise<void> {
         `(local, one member, fsync on, ${etcdBinary('etcd')}).`,
       '',
       `${COUNT} Secrets, each stored value ${values[0]!.length} bytes; client: atrest's EtcdClient ` +
-        `(JSON gateway, HTTP/1.1 keep-alive), concurrency ${CONCURRENCY} for both rows (the floor: single-key puts in ` +
-        'flight; the rewrite: conditional transactions of up to 64 keys, each with its read-back, in flight).',
+        `(etcd gRPC API, protobuf over one HTTP/2 connection), ${CONCURRENCY} calls in flight for both rows (the floor: single-key puts; ` +
+        'the rewrite: conditional transactions of up to 64 keys, each with its read-back).',
       '',
       '| What | Seconds | Keys/s | vs floor |',
       '|---|---:|---:|---:|',

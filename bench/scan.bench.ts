@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EtcdClient } from '../src/etcd/client.js';
 import { mapPool, prefetched } from '../src/etcd/source.js';
+import { SCAN_PAGE_BYTES, SCAN_PAGE_VALUES } from '../src/etcd/scan.js';
 import { createIdentityProvider, createKeyedProvider, createPrefixTransformers } from '../src/transformers/prefix.js';
 import type { Transformer } from '../src/transformers/transformer.js';
 import { etcdBinary, startEtcd } from '../test/helpers/etcd.js';
@@ -114,13 +115,13 @@ async function main(): Promise<void> {
       [N, '/registry'],
     ] as const) {
       const samples = measure(etcd.endpoint, prefix, configFile, count);
-      // Where scan's time goes: the same range read in-process with atrest's EtcdClient pages (the
-      // transport scan uses: etcd's JSON gateway, 500 per page, one page prefetched), nothing else.
+      // Where scan's time goes: the same range read in-process with atrest's EtcdClient pages (what
+      // scan reads through: etcd's gRPC API, pages sized as scan sizes them, one prefetched), nothing else.
       const paging: number[] = [];
       for (let r = 0; r < ROUNDS; r++) {
         const t0 = performance.now();
         let seen = 0;
-        for await (const page of prefetched(client.pages(Buffer.from(`${prefix}/secrets/`), Buffer.from(`${prefix}/secrets0`), { pageSize: 500 }))) {
+        for await (const page of prefetched(client.pages(Buffer.from(`${prefix}/secrets/`), Buffer.from(`${prefix}/secrets0`), { pageSize: SCAN_PAGE_VALUES, pageBytes: SCAN_PAGE_BYTES }))) {
           seen += page.length;
         }
         if (seen !== count) throw new Error(`paging saw ${seen} values, expected ${count}`);
@@ -162,8 +163,9 @@ async function main(): Promise<void> {
     '- atrest: `atrest scan --encryption-config FILE --endpoints URL --etcd-prefix P --resource secrets -o json`',
     '  (classifies every value: provider, key, current or stale; no --decrypt)',
     "- EtcdClient paging only: the same range read in the bench process with atrest's EtcdClient `pages()`",
-    '  (what scan reads through: the etcd JSON gateway, HTTP/1.1, 500 values a page, one page prefetched), no',
-    '  classification and no process start: the most scan can reach on its current transport.',
+    `  (what scan reads through: etcd's native gRPC API, protobuf over one HTTP/2 connection; pages of about`,
+    `  ${SCAN_PAGE_BYTES / 1024 / 1024} MiB, at most ${SCAN_PAGE_VALUES.toLocaleString('en-US')} values, the first 500; one page prefetched), no classification and no`,
+    '  process start: the most scan can reach on its transport.',
     '',
     '| values | floor s | floor values/s | scan s | scan values/s | scan ÷ floor rate | EtcdClient paging only s | paging ÷ floor rate | scan peak RSS MiB | etcdctl peak RSS MiB | load after |',
     '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',

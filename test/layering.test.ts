@@ -48,8 +48,10 @@ const LAYERS: Readonly<Record<string, readonly string[]>> = {
   // Health and metrics endpoints.
   health: ['errors', 'logger'],
   // etcd tools: stored values (transformers), which resources a config covers (config), and whether
-  // a kms value carries a recovery seal (recovery).
-  etcd: ['errors', 'bytes', 'logger', 'proto', 'transformers', 'config', 'recovery'],
+  // a kms value carries a recovery seal (recovery). The etcd client speaks etcd's native gRPC API:
+  // it reuses grpc/'s message framing and status codes (not the KMS server or client), and its
+  // etcd messages' codec lives with the other codecs in proto/.
+  etcd: ['errors', 'bytes', 'logger', 'grpc', 'proto', 'transformers', 'config', 'recovery'],
   // Tools on the Kubernetes API (the key_id hash kube-apiserver's metrics use is the kms v2 format's).
   api: ['errors', 'bytes', 'logger', 'etcd', 'transformers'],
   // The public library entry point.

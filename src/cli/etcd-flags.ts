@@ -64,8 +64,8 @@ export function etcdPrefixOf(flags: EtcdFlags): string {
 }
 
 export function createEtcdClient(flags: EtcdFlags, connections = 16): EtcdClient {
-  const timeoutMs = parseGoDuration(flags.commandTimeout);
-  if (timeoutMs === undefined || timeoutMs <= 0) {
+  const timeoutNs = parseGoDuration(flags.commandTimeout);
+  if (timeoutNs === undefined || timeoutNs <= 0) {
     throw usageError('--command-timeout', `"${flags.commandTimeout}" is not a positive duration (e.g. 5s)`);
   }
   if ((flags.cert === undefined) !== (flags.key === undefined)) {
@@ -76,7 +76,7 @@ export function createEtcdClient(flags: EtcdFlags, connections = 16): EtcdClient
   const key = readPem(flags.key, '--key');
   return new EtcdClient({
     endpoints: flags.endpoints.split(',').map((e) => e.trim()).filter((e) => e !== ''),
-    requestTimeoutMs: timeoutMs,
+    requestTimeoutMs: Math.max(1, Math.round(timeoutNs / 1e6)),
     connections,
     tls: { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) },
   });

@@ -1,13 +1,31 @@
-// An etcd v3 client over etcd's JSON gRPC-gateway (`POST /v3/kv/range|put|txn|deleterange`,
-// base64 keys and values), with several endpoints and failover. Only what scan, rewrite and decrypt
-// need: paged ranges, conditional writes (compare mod_revision) and status. No watch, no leases.
+// An etcd v3 client over etcd's native gRPC API (etcdserverpb.KV Range/Put/DeleteRange/Txn,
+// Maintenance Status: protobuf over HTTP/2, see transport.ts and proto/etcd-rpc.ts), with several
+// endpoints and failover. Only what scan, rewrite and decrypt need: paged ranges, conditional writes
+// (compare mod_revision) and status. No watch, no leases.
 //
-// Why the gateway and not gRPC: etcd serves it on the same client port by default, undici speaks
-// HTTP/1.1 with keep-alive pools and client certificates, and JSON keeps the client a few hundred
-// lines with no generated code. int64 fields arrive as decimal strings (grpc-gateway's JSON mapping).
+// Why gRPC and not etcd's JSON gateway: the gateway costs base64 and JSON on both sides and HTTP/1.1
+// round trips; scan read at a fifth of etcdctl's rate through it. The protobuf messages are small
+// enough to write by hand (only the fields used), so there is still no generated code.
 
-import { Agent, type Dispatcher } from 'undici';
 import { AtrestError } from '../errors.js';
+import { GRPC_CODE, GrpcStatusError, grpcCodeName } from '../grpc/status.js';
+import {
+  ETCD_METHOD,
+  decodeDeleteRangeResponse,
+  decodePutResponse,
+  decodeRangeResponse,
+  decodeStatusResponse,
+  decodeTxnResponse,
+  encodeDeleteRangeRequest,
+  encodePutRequest,
+  encodeRangeRequest,
+  encodeStatusRequest,
+  encodeTxnRequest,
+  type EtcdRangeResponse,
+  type EtcdRequestOp,
+  type EtcdTxnResponse,
+} from '../proto/etcd-rpc.js';
+import { CallDeadlineError, EndpointUnreachableError, ResponseTooLargeError, UnaryTransport } from './transport.js';
 
 export interface EtcdTlsOptions {
   /** PEM of the CA that signed the server certificate (etcdctl --cacert). */
@@ -23,8 +41,13 @@ export interface EtcdClientOptions {
   readonly tls?: EtcdTlsOptions;
   /** Per-request timeout; etcdctl's --command-timeout defaults to 5s. */
   readonly requestTimeoutMs?: number;
-  /** Parallel HTTP connections per endpoint (the rewrite concurrency). */
+  /**
+   * Calls in flight at once (the rewrite concurrency): HTTP/2 streams on the one connection per
+   * endpoint; further calls wait their turn. Default 16.
+   */
   readonly connections?: number;
+  /** Largest response message accepted (default 64 MiB); a page larger than this is re-read in halves. */
+  readonly maxResponseBytes?: number;
 }
 
 export interface KeyValue {
@@ -37,7 +60,7 @@ export interface KeyValue {
 
 export interface RangeOptions {
   /** Exclusive end of the range; omit for a single key. */
-  readonly rangeEnd?: Buffer;
+  readonly rangeEnd?: Uint8Array;
   readonly limit?: number;
   readonly keysOnly?: boolean;
   readonly countOnly?: boolean;
@@ -60,11 +83,7 @@ export interface CompareAndPutResult {
   readonly revision: number;
 }
 
-export interface CompareAndPutItem {
-  readonly key: Uint8Array;
-  readonly value: Uint8Array;
-  readonly modRevision: number;
-}
+export interface CompareAndPutItem { readonly key: Uint8Array; readonly value: Uint8Array; readonly modRevision: number }
 
 export interface CompareAndPutBatchResult {
   /** True when every key still had its modRevision and every value was written, in one transaction. */
@@ -79,49 +98,6 @@ export interface EtcdStatus {
   readonly dbSize: number;
   readonly revision: number;
   readonly endpoint: string;
-}
-
-interface RawKv {
-  key?: string;
-  value?: string;
-  create_revision?: string;
-  mod_revision?: string;
-  version?: string;
-}
-
-interface RawRange {
-  header?: { revision?: string };
-  kvs?: RawKv[];
-  more?: boolean;
-  count?: string;
-}
-
-interface RawTxn {
-  header?: { revision?: string };
-  succeeded?: boolean;
-  responses?: { response_range?: RawRange }[];
-}
-
-const b64 = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
-const num = (s: string | undefined): number => (s === undefined ? 0 : Number(s));
-
-function toKv(raw: RawKv): KeyValue {
-  return {
-    key: Buffer.from(raw.key ?? '', 'base64'),
-    value: Buffer.from(raw.value ?? '', 'base64'),
-    createRevision: num(raw.create_revision),
-    modRevision: num(raw.mod_revision),
-    version: num(raw.version),
-  };
-}
-
-function toRange(raw: RawRange): RangeResult {
-  return {
-    kvs: (raw.kvs ?? []).map(toKv),
-    more: raw.more === true,
-    count: num(raw.count),
-    revision: num(raw.header?.revision),
-  };
 }
 
 /** The smallest key greater than every key starting with `prefix` (etcd's `--prefix` range end). */
@@ -148,103 +124,128 @@ export function normaliseEndpoint(endpoint: string): string {
   return /^[a-z]+:\/\//i.test(e) ? e : `http://${e}`;
 }
 
-/** Errors that mean "this endpoint is unreachable, try the next one" rather than "etcd said no". */
-function isConnectionError(err: unknown): boolean {
-  const code = (err as { code?: string } | undefined)?.code ?? '';
-  const causeCode = (err as { cause?: { code?: string } } | undefined)?.cause?.code ?? '';
-  return /^(ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|EPIPE|ETIMEDOUT|UND_ERR_CONNECT_TIMEOUT|UND_ERR_SOCKET|UND_ERR_CLOSED|UND_ERR_HEADERS_TIMEOUT|UND_ERR_BODY_TIMEOUT)$/.test(
-    code || causeCode,
-  );
+
+const DEFAULT_TIMEOUT_MS = 5000;
+const DEFAULT_CALLS_IN_FLIGHT = 16;
+/**
+ * Largest response accepted. etcd refuses requests over --max-request-bytes (1.5 MiB by default), so
+ * one value is at most that; a 500-value page of ordinary Secrets is 1-3 MiB. A page over the limit
+ * is read again in halves (pages()), down to one value a page.
+ */
+const DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
+
+/** The first page when pages are sized by bytes: value sizes are not known yet (the old fixed size). */
+const FIRST_PAGE_VALUES = 500;
+
+/** What etcd's own messages mean for the user, added to them (grpc-message text -> hint). */
+const ETCD_ERROR_HINTS: readonly (readonly [RegExp, string])[] = [
+  [/too many operations in txn request/, "more keys than etcd's --max-txn-ops allows in one transaction (default 128)"],
+  [/request is too large/, "larger than etcd's --max-request-bytes (default 1.5 MiB)"],
+  [/required revision has been compacted/, 'that revision was compacted away: read again at the latest revision'],
+  [/duplicate key given in txn request/, 'a key may appear only once in a transaction'],
+];
+
+const METHOD_NAMES: Readonly<Record<string, string>> = {
+  [ETCD_METHOD.range]: 'Range',
+  [ETCD_METHOD.put]: 'Put',
+  [ETCD_METHOD.deleteRange]: 'DeleteRange',
+  [ETCD_METHOD.txn]: 'Txn',
+  [ETCD_METHOD.status]: 'Status',
+};
+
+function etcdError(endpoint: string, method: string, err: GrpcStatusError): AtrestError {
+  const text = err.message === '' ? grpcCodeName(err.code) : err.message;
+  const hint = ETCD_ERROR_HINTS.find(([re]) => re.test(text))?.[1];
+  return new AtrestError('ERR_ETCD', `etcd ${endpoint} ${METHOD_NAMES[method] ?? method}: ${text}${hint ? ` (${hint})` : ''}`, {
+    cause: err,
+  });
+}
+
+/** Our views of etcd's KeyValue are already the public shape. */
+function toRangeResult(r: EtcdRangeResponse): RangeResult {
+  return { kvs: r.kvs, more: r.more, count: r.count, revision: r.revision };
+}
+
+/** The kvs[0] of the n-th range response of a transaction, or undefined (no such key). */
+function rangeKv(txn: EtcdTxnResponse, index: number): KeyValue | undefined {
+  const op = txn.responses[index];
+  return op?.kind === 'range' ? op.range.kvs[0] : undefined;
 }
 
 export class EtcdClient {
   readonly endpoints: readonly string[];
-  private readonly dispatcher: Dispatcher;
+  private readonly transport: UnaryTransport;
   private readonly timeoutMs: number;
   private current = 0;
 
   constructor(options: EtcdClientOptions) {
     if (options.endpoints.length === 0) throw new AtrestError('ERR_ETCD', 'no etcd endpoints given');
     this.endpoints = options.endpoints.map(normaliseEndpoint);
-    this.timeoutMs = options.requestTimeoutMs ?? 5000;
-    const tls = options.tls;
-    this.dispatcher = new Agent({
-      connections: options.connections ?? 16,
-      keepAliveTimeout: 30_000,
-      connect: {
-        ...(tls?.ca ? { ca: tls.ca } : {}),
-        ...(tls?.cert ? { cert: tls.cert } : {}),
-        ...(tls?.key ? { key: tls.key } : {}),
-      },
+    for (const e of this.endpoints) {
+      if (!/^https?:\/\//i.test(e)) {
+        throw new AtrestError('ERR_ETCD', `etcd endpoint ${e}: only http:// and https:// are supported`);
+      }
+    }
+    this.timeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.transport = new UnaryTransport({
+      tls: options.tls,
+      maxStreams: options.connections ?? DEFAULT_CALLS_IN_FLIGHT,
+      maxResponseBytes: options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES,
     });
   }
 
   async close(): Promise<void> {
-    await this.dispatcher.close();
+    await this.transport.close();
   }
 
-  /** POSTs to the current endpoint; on a connection failure moves on to the next, once around. */
-  private async call<T>(path: string, body: unknown): Promise<T> {
-    const payload = JSON.stringify(body);
+  /** Calls the current endpoint; when it cannot be reached (or has no leader) moves on, once around. */
+  private async call<T>(method: string, message: Uint8Array, decode: (data: Buffer) => T): Promise<T> {
     let lastErr: unknown;
-    for (let attempt = 0; attempt < this.endpoints.length; attempt++) {
-      const index = (this.current + attempt) % this.endpoints.length;
+    const n = this.endpoints.length;
+    for (let attempt = 0; attempt < n; attempt++) {
+      const index = (this.current + attempt) % n;
       const endpoint = this.endpoints[index]!;
-      let res: Dispatcher.ResponseData;
+      let data: Buffer;
       try {
-        res = await this.dispatcher.request({
-          origin: endpoint,
-          path,
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: payload,
-          headersTimeout: this.timeoutMs,
-          bodyTimeout: this.timeoutMs,
-        });
+        data = await this.transport.unary(endpoint, method, message, this.timeoutMs);
       } catch (err) {
-        lastErr = err;
-        if (isConnectionError(err)) continue;
-        throw new AtrestError('ERR_ETCD', `etcd ${endpoint}${path}: ${(err as Error).message}`, {
+        if (err instanceof EndpointUnreachableError || err instanceof CallDeadlineError) {
+          lastErr = new Error(`${endpoint}: ${err.message}`, { cause: err });
+          continue;
+        }
+        // "etcdserver: no leader", "too many requests": another member may do better.
+        if (err instanceof GrpcStatusError && err.code === GRPC_CODE.UNAVAILABLE && attempt < n - 1) {
+          lastErr = err;
+          continue;
+        }
+        if (err instanceof GrpcStatusError) throw etcdError(endpoint, method, err);
+        throw err;
+      }
+      this.current = index;
+      try {
+        return decode(data);
+      } catch (err) {
+        throw new AtrestError('ERR_ETCD', `etcd ${endpoint} ${METHOD_NAMES[method] ?? method}: ${(err as Error).message}`, {
           cause: err,
         });
       }
-      this.current = index;
-      const text = await res.body.text();
-      if (res.statusCode !== 200) {
-        let message = text.slice(0, 300);
-        try {
-          const parsed = JSON.parse(text) as { message?: string; error?: string };
-          message = parsed.message ?? parsed.error ?? message;
-        } catch {
-          // not JSON: keep the raw start of the body
-        }
-        // etcd answers "no leader" / "too many requests" with 503: another member may do better.
-        if (res.statusCode === 503 && attempt < this.endpoints.length - 1) {
-          lastErr = new Error(message);
-          continue;
-        }
-        throw new AtrestError('ERR_ETCD', `etcd ${endpoint}${path}: HTTP ${res.statusCode}: ${message}`);
-      }
-      return JSON.parse(text) as T;
     }
     const reason = (lastErr as Error | undefined)?.message ?? 'unknown error';
-    throw new AtrestError(
-      'ERR_ETCD',
-      `no etcd endpoint reachable (${this.endpoints.join(', ')}): ${reason}`,
-      { cause: lastErr },
-    );
+    throw new AtrestError('ERR_ETCD', `no etcd endpoint reachable (${this.endpoints.join(', ')}): ${reason}`, {
+      cause: lastErr,
+    });
   }
 
   async range(key: Uint8Array, options: RangeOptions = {}): Promise<RangeResult> {
-    const raw = await this.call<RawRange>('/v3/kv/range', {
-      key: b64(key),
-      ...(options.rangeEnd ? { range_end: b64(options.rangeEnd) } : {}),
-      ...(options.limit ? { limit: String(options.limit) } : {}),
-      ...(options.keysOnly ? { keys_only: true } : {}),
-      ...(options.countOnly ? { count_only: true } : {}),
-      ...(options.revision ? { revision: String(options.revision) } : {}),
+    const message = encodeRangeRequest({
+      key,
+      rangeEnd: options.rangeEnd,
+      limit: options.limit,
+      revision: options.revision,
+      keysOnly: options.keysOnly,
+      countOnly: options.countOnly,
     });
-    return toRange(raw);
+    return toRangeResult(await this.call(ETCD_METHOD.range, message, decodeRangeResponse));
   }
 
   async get(key: Uint8Array): Promise<KeyValue | undefined> {
@@ -252,104 +253,99 @@ export class EtcdClient {
   }
 
   async put(key: Uint8Array, value: Uint8Array): Promise<number> {
-    const raw = await this.call<{ header?: { revision?: string } }>('/v3/kv/put', {
-      key: b64(key),
-      value: b64(value),
-    });
-    return num(raw.header?.revision);
+    return (await this.call(ETCD_METHOD.put, encodePutRequest(key, value), decodePutResponse)).revision;
   }
 
   async delete(key: Uint8Array, rangeEnd?: Uint8Array): Promise<number> {
-    const raw = await this.call<{ deleted?: string }>('/v3/kv/deleterange', {
-      key: b64(key),
-      ...(rangeEnd ? { range_end: b64(rangeEnd) } : {}),
-    });
-    return num(raw.deleted);
+    const message = encodeDeleteRangeRequest(key, rangeEnd);
+    return (await this.call(ETCD_METHOD.deleteRange, message, decodeDeleteRangeResponse)).deleted;
   }
 
   /**
    * Writes `value` only if the key's mod_revision is still `modRevision`, in one transaction that also
    * reads the key back: on success `current` is what etcd stored, on failure what is there now.
    */
-  async compareAndPut(
-    key: Uint8Array,
-    value: Uint8Array,
-    modRevision: number,
-  ): Promise<CompareAndPutResult> {
-    const k = b64(key);
-    const raw = await this.call<RawTxn>('/v3/kv/txn', {
-      compare: [{ target: 'MOD', result: 'EQUAL', key: k, mod_revision: String(modRevision) }],
-      success: [{ request_put: { key: k, value: b64(value) } }, { request_range: { key: k } }],
-      failure: [{ request_range: { key: k } }],
+  async compareAndPut(key: Uint8Array, value: Uint8Array, modRevision: number): Promise<CompareAndPutResult> {
+    const txn = await this.txn({
+      compare: [{ key, modRevision }],
+      success: [{ put: { key, value } }, { range: { key } }],
+      failure: [{ range: { key } }],
     });
-    const succeeded = raw.succeeded === true;
-    const ranges = (raw.responses ?? []).map((r) => r.response_range).filter((r) => r !== undefined);
-    const last = ranges[ranges.length - 1];
-    const kv = last?.kvs?.[0];
-    return { succeeded, current: kv ? toKv(kv) : undefined, revision: num(raw.header?.revision) };
-  }
-
-  /** One etcd transaction: compare each key's mod_revision; success = put each value and range each key; failure = range each key. */
-  async compareAndPutBatch(items: readonly CompareAndPutItem[]): Promise<CompareAndPutBatchResult> {
-    const keys = items.map((item) => b64(item.key));
-    const raw = await this.call<RawTxn>('/v3/kv/txn', {
-      compare: items.map((item, i) => ({
-        target: 'MOD',
-        result: 'EQUAL',
-        key: keys[i],
-        mod_revision: String(item.modRevision),
-      })),
-      success: [
-        ...items.map((item, i) => ({ request_put: { key: keys[i], value: b64(item.value) } })),
-        ...keys.map((key) => ({ request_range: { key } })),
-      ],
-      failure: keys.map((key) => ({ request_range: { key } })),
-    });
-    // Responses follow the branch's ops: on success the puts come first, then one range per item.
-    const succeeded = raw.succeeded === true;
-    const first = succeeded ? items.length : 0;
-    const responses = raw.responses ?? [];
-    const current = items.map((_, i) => {
-      const kv = responses[first + i]?.response_range?.kvs?.[0];
-      return kv ? toKv(kv) : undefined;
-    });
-    return { succeeded, current, revision: num(raw.header?.revision) };
-  }
-
-  async status(): Promise<EtcdStatus> {
-    const raw = await this.call<{ version?: string; dbSize?: string; header?: { revision?: string } }>(
-      '/v3/maintenance/status',
-      {},
-    );
-    return {
-      version: raw.version ?? '',
-      dbSize: num(raw.dbSize),
-      revision: num(raw.header?.revision),
-      endpoint: this.endpoints[this.current]!,
-    };
+    return { succeeded: txn.succeeded, current: rangeKv(txn, txn.succeeded ? 1 : 0), revision: txn.revision };
   }
 
   /**
-   * Every key-value under [start, end) in pages of `pageSize`, in key order, each page read at the
-   * latest revision (not pinned: a long scan must survive the API server's periodic compaction).
+   * One etcd transaction: compare each key's mod_revision; success = put each value and range each
+   * key; failure = range each key. etcd caps each of the three lists at --max-txn-ops (default 128),
+   * so success (two operations an item) allows at most 64 items by default.
+   */
+  async compareAndPutBatch(items: readonly CompareAndPutItem[]): Promise<CompareAndPutBatchResult> {
+    const puts: EtcdRequestOp[] = items.map(({ key, value }) => ({ put: { key, value } }));
+    const ranges: EtcdRequestOp[] = items.map(({ key }) => ({ range: { key } }));
+    const txn = await this.txn({
+      compare: items.map(({ key, modRevision }) => ({ key, modRevision })),
+      success: [...puts, ...ranges],
+      failure: ranges,
+    });
+    const first = txn.succeeded ? items.length : 0;
+    return {
+      succeeded: txn.succeeded,
+      current: items.map((_, i) => rangeKv(txn, first + i)),
+      revision: txn.revision,
+    };
+  }
+
+  private txn(request: Parameters<typeof encodeTxnRequest>[0]): Promise<EtcdTxnResponse> {
+    return this.call(ETCD_METHOD.txn, encodeTxnRequest(request), decodeTxnResponse);
+  }
+
+  async status(): Promise<EtcdStatus> {
+    const raw = await this.call(ETCD_METHOD.status, encodeStatusRequest(), decodeStatusResponse);
+    return { version: raw.version, dbSize: raw.dbSize, revision: raw.revision, endpoint: this.endpoints[this.current]! };
+  }
+
+  /**
+   * Every key-value under [start, end) in pages, in key order, each page read at the latest revision
+   * (not pinned: a long scan must survive the API server's periodic compaction).
+   *
+   * `pageSize` is the most values a page holds (default 500). With `pageBytes`, pages are sized by
+   * bytes instead: the first holds at most FIRST_PAGE_VALUES, each next one as many values as fit
+   * `pageBytes` at the previous page's average size (never more than pageSize). Fewer, larger pages
+   * matter: etcd counts the whole rest of the range for every limited Range, so its cost grows with
+   * the number of pages. A page whose response exceeds the size limit is read again with half the
+   * limit, down to one value.
    */
   async *pages(
     start: Uint8Array,
     end: Uint8Array,
-    options: { pageSize?: number; keysOnly?: boolean } = {},
+    options: { pageSize?: number; pageBytes?: number; keysOnly?: boolean } = {},
   ): AsyncGenerator<KeyValue[]> {
-    const limit = options.pageSize ?? 500;
-    let from = Buffer.from(start);
+    const maxValues = options.pageSize ?? 500;
+    const pageBytes = options.pageBytes;
+    let limit = pageBytes === undefined ? maxValues : Math.min(maxValues, FIRST_PAGE_VALUES);
+    let from: Uint8Array = start;
     for (;;) {
-      const page = await this.range(from, {
-        rangeEnd: Buffer.from(end),
-        limit,
-        ...(options.keysOnly ? { keysOnly: true } : {}),
-      });
-      if (page.kvs.length === 0) return;
-      yield page.kvs;
+      let page: RangeResult;
+      try {
+        page = await this.range(from, { rangeEnd: end, limit, ...(options.keysOnly ? { keysOnly: true } : {}) });
+      } catch (err) {
+        if (limit > 1 && err instanceof AtrestError && err.cause instanceof ResponseTooLargeError) {
+          limit = Math.ceil(limit / 2);
+          continue;
+        }
+        throw err;
+      }
+      const kvs = page.kvs;
+      if (kvs.length === 0) return;
+      yield kvs;
       if (!page.more) return;
-      from = Buffer.from(keyAfter(page.kvs[page.kvs.length - 1]!.key));
+      from = keyAfter(kvs[kvs.length - 1]!.key);
+      if (pageBytes !== undefined) {
+        let bytes = 0;
+        for (const kv of kvs) bytes += kv.key.length + kv.value.length;
+        const average = Math.max(1, bytes / kvs.length);
+        limit = Math.max(1, Math.min(maxValues, Math.floor(pageBytes / average)));
+      }
     }
   }
 }

@@ -184,33 +184,64 @@ export function createPolicyResolver(
   const byResource = new Map<string, ResourcePolicy>();
   const prefix = normalizeEtcdPrefix(etcdPrefix);
   const rules = configuredResources(config);
+  const prefixBytes = Buffer.from(prefix, 'utf8');
+  // Keys come in key order, so a run of keys shares one directory (`/registry/secrets/ns/`). The
+  // policy of a key under the prefix with at least two segments before its (non-empty) last one
+  // depends only on its directory (see groupResourceForEtcdKey): remember the last such directory.
+  let lastDirectory: Buffer | undefined;
+  let lastPolicy: ResourcePolicy | undefined;
+  const directoryOf = (key: Buffer): number => {
+    const slash = key.lastIndexOf(0x2f);
+    if (slash === key.length - 1 || slash < prefixBytes.length) return -1;
+    if (key.compare(prefixBytes, 0, prefixBytes.length, 0, prefixBytes.length) !== 0) return -1;
+    const first = key.indexOf(0x2f, prefixBytes.length);
+    return first >= 0 && first < slash ? slash + 1 : -1;
+  };
   return {
     forKey(key: Buffer): ResourcePolicy {
-      const text = key.toString('utf8');
-      const gr = groupResourceOf(text, etcdPrefix, rules);
-      const name = gr
-        ? formatGroupResource(gr)
-        : `?/${text.startsWith(prefix) ? (text.slice(prefix.length).split('/')[0] ?? '') : text}`;
-      const cached = byResource.get(name);
-      if (cached) return cached;
-      const resolved = gr ? resolveResource(config, gr) : resolveResource(config, { group: '?', resource: '?' });
-      // An unplaceable key is only matched by `*.*`; otherwise it gets the identity fallback.
-      const policy: ResourcePolicy = {
-        resource: name,
-        groupResource: gr,
-        rule: resolved.rule,
-        // A key atrest cannot place (e.g. /registry/ranges/serviceips) is reported, never a finding:
-        // whether kube-apiserver encrypts it depends on internals a config file does not state.
-        mustEncrypt: gr !== undefined && resolved.providers[0] !== undefined && !('identity' in resolved.providers[0]),
-        transformer: deps.transformerFor(gr ?? { group: '?', resource: '?' }, resolved.providers),
-        write: writeTargetOf(resolved.providers, deps.kmsV2KeyID),
-        providers: resolved.providers.map(describeProvider),
-        canRead: readerOf(resolved.providers),
-      };
-      byResource.set(name, policy);
+      const dir = directoryOf(key);
+      if (
+        dir > 0 &&
+        lastDirectory !== undefined &&
+        lastDirectory.length === dir &&
+        key.compare(lastDirectory, 0, dir, 0, dir) === 0
+      ) {
+        return lastPolicy!;
+      }
+      const policy = resolve(key);
+      if (dir > 0) {
+        lastDirectory = Buffer.from(key.subarray(0, dir));
+        lastPolicy = policy;
+      }
       return policy;
     },
   };
+
+  function resolve(key: Buffer): ResourcePolicy {
+    const text = key.toString('utf8');
+    const gr = groupResourceOf(text, etcdPrefix, rules);
+    const name = gr
+      ? formatGroupResource(gr)
+      : `?/${text.startsWith(prefix) ? (text.slice(prefix.length).split('/')[0] ?? '') : text}`;
+    const cached = byResource.get(name);
+    if (cached) return cached;
+    const resolved = gr ? resolveResource(config, gr) : resolveResource(config, { group: '?', resource: '?' });
+    // An unplaceable key is only matched by `*.*`; otherwise it gets the identity fallback.
+    const policy: ResourcePolicy = {
+      resource: name,
+      groupResource: gr,
+      rule: resolved.rule,
+      // A key atrest cannot place (e.g. /registry/ranges/serviceips) is reported, never a finding:
+      // whether kube-apiserver encrypts it depends on internals a config file does not state.
+      mustEncrypt: gr !== undefined && resolved.providers[0] !== undefined && !('identity' in resolved.providers[0]),
+      transformer: deps.transformerFor(gr ?? { group: '?', resource: '?' }, resolved.providers),
+      write: writeTargetOf(resolved.providers, deps.kmsV2KeyID),
+      providers: resolved.providers.map(describeProvider),
+      canRead: readerOf(resolved.providers),
+    };
+    byResource.set(name, policy);
+    return policy;
+  }
 }
 
 export { describeStoredValue, parseGroupResource, formatGroupResource, normalizeEtcdPrefix };

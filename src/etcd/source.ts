@@ -4,8 +4,15 @@
 import type { KeyValue } from './client.js';
 
 export interface KeyValueSource {
-  /** keysOnly is a hint (a live etcd then sends no values); a source may still return them. */
-  pages(start: Uint8Array, end: Uint8Array, options?: { pageSize?: number; keysOnly?: boolean }): AsyncIterable<KeyValue[]>;
+  /**
+   * pageSize: most values a page holds. pageBytes and keysOnly are hints (a live etcd then sizes
+   * pages by bytes, or sends no values); a source may ignore them.
+   */
+  pages(
+    start: Uint8Array,
+    end: Uint8Array,
+    options?: { pageSize?: number; pageBytes?: number; keysOnly?: boolean },
+  ): AsyncIterable<KeyValue[]>;
 }
 
 /** A sorted in-memory list (a snapshot) served as pages of a range. */

@@ -72,8 +72,8 @@ function lenDelimited(fieldNo: number, body: Uint8Array): Buffer[] {
   return [varintBytes((fieldNo << 3) | WIRE_LEN), varintBytes(body.length), Buffer.from(body)];
 }
 
-/** Reads one message's fields in order; a cursor over a byte range. */
-class Reader {
+/** Reads one message's fields in order; a cursor over a byte range (also used by proto/etcd-rpc.ts). */
+export class Reader {
   pos: number;
   private readonly end: number;
   private readonly buf: Uint8Array;
