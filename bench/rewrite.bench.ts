@@ -13,7 +13,7 @@ import { EtcdClient } from '../src/etcd/client.js';
 import { createPolicyResolver } from '../src/etcd/policy.js';
 import { rewrite, hashConfig } from '../src/etcd/rewrite.js';
 import { createSelection } from '../src/etcd/selection.js';
-import { mapPool } from '../src/etcd/source.js';
+import { mapPool } from '../src/paging.js';
 import { createKeyedProvider, createPrefixTransformers } from '../src/transformers/prefix.js';
 import { etcdBinary, startEtcd } from '../test/helpers/etcd.js';
 

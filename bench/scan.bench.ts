@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EtcdClient } from '../src/etcd/client.js';
-import { mapPool, prefetched } from '../src/etcd/source.js';
+import { mapPool, prefetched } from '../src/paging.js';
 import { SCAN_PAGE_BYTES, SCAN_PAGE_VALUES } from '../src/etcd/scan.js';
 import { createIdentityProvider, createKeyedProvider, createPrefixTransformers } from '../src/transformers/prefix.js';
 import type { Transformer } from '../src/transformers/transformer.js';

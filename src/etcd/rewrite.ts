@@ -22,7 +22,7 @@ import { createRateLimiter } from './rate-limit.js';
 import { createKeyRewriter, type FailedValue, type KeyOutcome, type RewriteStore, type SelectedValue, type UndecryptableValue } from './rewrite-keys.js';
 import { classifyValue, scan, type ScanReport } from './scan.js';
 import type { KeyRange, Selection } from './selection.js';
-import { forEachInPages, type WorkPage } from './source.js';
+import { forEachInPages, type WorkPage } from '../paging.js';
 import { DEFAULT_BATCH_LIMITS, planBatches, txnBytesOf, type BatchLimits } from './txn-batch.js';
 
 export type { FailedValue, RewriteStore, UndecryptableValue } from './rewrite-keys.js';

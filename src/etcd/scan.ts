@@ -8,7 +8,8 @@ import { storedValueCarriesSeal } from '../recovery/container.js';
 import type { KeyValue } from './client.js';
 import { formatLabel, isCurrent, writeTargetLabel, type PolicyResolver, type ResourcePolicy } from './policy.js';
 import type { KeyRange, Selection } from './selection.js';
-import { mapPool, prefetched, type KeyValueSource } from './source.js';
+import { mapPool, prefetched } from '../paging.js';
+import type { KeyValueSource } from './source.js';
 
 export type FindingProblem = 'plaintext' | 'undecryptable';
 

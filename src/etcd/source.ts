@@ -38,6 +38,3 @@ export function createMemorySource(sorted: readonly KeyValue[]): KeyValueSource 
   };
 }
 
-// The work pools are shared with `rewrite --via-api` and live in src/paging.ts; re-exported here for
-// the etcd tools that import them from this module.
-export { forEachInPages, mapPool, prefetched, type WorkPage } from '../paging.js';
