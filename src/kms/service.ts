@@ -11,7 +11,7 @@ import {
   type BackendErrorKind,
 } from '../errors.js';
 import { bytesEqual } from '../bytes.js';
-import type { KeyBackend } from '../backends/backend.js';
+import type { KeyBackend, UnwrapRequest, WrapRequest, Wrapped } from '../backends/backend.js';
 import { isFullyQualifiedDomainName, validateAnnotations } from '../transformers/kms-v2-validation.js';
 import type {
   KmsV2DecryptRequest,
@@ -105,6 +105,55 @@ export interface KmsService {
   stop(): void;
 }
 
+// The requests handed to the backend on every RPC. Classes, not object literals with a `get signal()`:
+// a literal's getter is a new closure (and accessor pair) per call; here the getter lives once on the
+// prototype and the AbortSignal is still only created when a backend reads it. (Nothing spreads a
+// request: spreading would drop a prototype getter.)
+class ServiceWrapRequest implements WrapRequest {
+  readonly plaintext: Uint8Array;
+  readonly uid: string | undefined;
+  readonly annotationsAllowed: boolean;
+  readonly #call: CallOptions | undefined;
+  constructor(
+    plaintext: Uint8Array,
+    uid: string | undefined,
+    annotationsAllowed: boolean,
+    call: CallOptions | undefined,
+  ) {
+    this.plaintext = plaintext;
+    this.uid = uid;
+    this.annotationsAllowed = annotationsAllowed;
+    this.#call = call;
+  }
+  get signal(): AbortSignal | undefined {
+    return this.#call?.signal;
+  }
+}
+
+class ServiceUnwrapRequest implements UnwrapRequest {
+  readonly ciphertext: Uint8Array;
+  readonly keyID: string | undefined;
+  readonly annotations: Readonly<Record<string, Uint8Array>> | undefined;
+  readonly uid: string | undefined;
+  readonly #call: CallOptions | undefined;
+  constructor(
+    ciphertext: Uint8Array,
+    keyID: string | undefined,
+    annotations: Readonly<Record<string, Uint8Array>> | undefined,
+    uid: string | undefined,
+    call: CallOptions | undefined,
+  ) {
+    this.ciphertext = ciphertext;
+    this.keyID = keyID;
+    this.annotations = annotations;
+    this.uid = uid;
+    this.#call = call;
+  }
+  get signal(): AbortSignal | undefined {
+    return this.#call?.signal;
+  }
+}
+
 function requestInvalid(message: string): AtrestError {
   return new AtrestError('ERR_REQUEST_INVALID', message);
 }
@@ -148,10 +197,12 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
   let running: Promise<SelfTestState> | undefined;
   let stopped = false;
 
-  async function timed<T>(operation: BackendOperation, fn: () => Promise<T>): Promise<T> {
-    const started = performance.now();
+  // The backend call is started by the caller and handed in as a promise (no closure per call);
+  // `started` is taken just before it. A backend that throws instead of rejecting is caught by the
+  // caller's own async function, as before.
+  async function timed<T>(operation: BackendOperation, started: number, pending: Promise<T>): Promise<T> {
     try {
-      const result = await fn();
+      const result = await pending;
       observer?.backendOperation(operation, 'ok', (performance.now() - started) / 1000);
       return result;
     } catch (err) {
@@ -162,6 +213,29 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
       );
       throw err;
     }
+  }
+
+  /** backend.wrap, timed; a synchronous throw counts as a failed operation too. */
+  function timedWrap(request: WrapRequest): Promise<Wrapped> {
+    const started = performance.now();
+    let pending: Promise<Wrapped>;
+    try {
+      pending = backend.wrap(request);
+    } catch (err) {
+      pending = Promise.reject(err);
+    }
+    return timed('wrap', started, pending);
+  }
+
+  function timedUnwrap(request: UnwrapRequest): Promise<Buffer> {
+    const started = performance.now();
+    let pending: Promise<Buffer>;
+    try {
+      pending = backend.unwrap(request);
+    } catch (err) {
+      pending = Promise.reject(err);
+    }
+    return timed('unwrap', started, pending);
   }
 
   function noteKeyID(keyID: string): void {
@@ -190,16 +264,7 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     call?: CallOptions,
   ): Promise<EncryptResult> {
     // v2: annotations are stored next to the ciphertext and handed back on Decrypt.
-    const wrapped = await timed('wrap', () =>
-      backend.wrap({
-        plaintext,
-        uid,
-        annotationsAllowed: true,
-        get signal() {
-          return call?.signal;
-        },
-      }),
-    );
+    const wrapped = await timedWrap(new ServiceWrapRequest(plaintext, uid, true, call));
     const annotations = wrapped.annotations ?? {};
     const keyIDBytes = Buffer.byteLength(wrapped.keyID, 'utf8');
     // The API server enforces these on every answer; an answer that breaks them is never sent.
@@ -228,14 +293,12 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     try {
       const probe = random(32);
       const wrapped = await wrapChecked(probe, 'atrest-self-test');
-      const back = await timed('unwrap', () =>
-        backend.unwrap({
-          ciphertext: wrapped.ciphertext,
-          keyID: wrapped.keyID,
-          annotations: wrapped.annotations,
-          uid: 'atrest-self-test',
-        }),
-      );
+      const back = await timedUnwrap({
+        ciphertext: wrapped.ciphertext,
+        keyID: wrapped.keyID,
+        annotations: wrapped.annotations,
+        uid: 'atrest-self-test',
+      });
       if (!bytesEqual(back, probe))
         throw new Error('unwrap returned different bytes than were wrapped');
       lastOk = true;
@@ -295,14 +358,7 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     async encryptV1(requestVersion, plain, call) {
       checkV1Version(requestVersion);
       if (plain.length === 0) throw requestInvalid('plain is empty; nothing to encrypt');
-      const wrapped = await timed('wrap', () =>
-        backend.wrap({
-          plaintext: plain,
-          get signal() {
-            return call?.signal;
-          },
-        }),
-      );
+      const wrapped = await timedWrap(new ServiceWrapRequest(plain, undefined, false, call));
       noteKeyID(wrapped.keyID);
       return wrapped.ciphertext;
     },
@@ -310,14 +366,7 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     async decryptV1(requestVersion, cipher, call) {
       checkV1Version(requestVersion);
       if (cipher.length === 0) throw requestInvalid('cipher is empty; nothing to decrypt');
-      return timed('unwrap', () =>
-        backend.unwrap({
-          ciphertext: cipher,
-          get signal() {
-            return call?.signal;
-          },
-        }),
-      );
+      return timedUnwrap(new ServiceUnwrapRequest(cipher, undefined, undefined, undefined, call));
     },
 
     async status() {
@@ -335,16 +384,8 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
       if (input.ciphertext.length === 0)
         throw requestInvalid('ciphertext is empty; nothing to decrypt');
       if (input.keyID.length === 0) throw requestInvalid('key_id is empty');
-      return timed('unwrap', () =>
-        backend.unwrap({
-          ciphertext: input.ciphertext,
-          keyID: input.keyID,
-          annotations: input.annotations,
-          uid: input.uid,
-          get signal() {
-            return call?.signal;
-          },
-        }),
+      return timedUnwrap(
+        new ServiceUnwrapRequest(input.ciphertext, input.keyID, input.annotations, input.uid, call),
       );
     },
 
