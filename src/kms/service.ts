@@ -197,45 +197,26 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
   let running: Promise<SelfTestState> | undefined;
   let stopped = false;
 
-  // The backend call is started by the caller and handed in as a promise (no closure per call);
-  // `started` is taken just before it. A backend that throws instead of rejecting is caught by the
-  // caller's own async function, as before.
-  async function timed<T>(operation: BackendOperation, started: number, pending: Promise<T>): Promise<T> {
+  // Timing is written out in each caller's own async function (no extra async layer or closure per
+  // call); a backend that throws instead of rejecting is caught and counted the same way.
+  function observed(operation: BackendOperation, started: number): void {
+    observer?.backendOperation(operation, 'ok', (performance.now() - started) / 1000);
+  }
+
+  function observedFailure(operation: BackendOperation, started: number, err: unknown): void {
+    observer?.backendOperation(operation, classifyBackendError(err), (performance.now() - started) / 1000);
+  }
+
+  async function timedUnwrap(request: UnwrapRequest): Promise<Buffer> {
+    const started = performance.now();
     try {
-      const result = await pending;
-      observer?.backendOperation(operation, 'ok', (performance.now() - started) / 1000);
-      return result;
+      const plain = await backend.unwrap(request);
+      observed('unwrap', started);
+      return plain;
     } catch (err) {
-      observer?.backendOperation(
-        operation,
-        classifyBackendError(err),
-        (performance.now() - started) / 1000,
-      );
+      observedFailure('unwrap', started, err);
       throw err;
     }
-  }
-
-  /** backend.wrap, timed; a synchronous throw counts as a failed operation too. */
-  function timedWrap(request: WrapRequest): Promise<Wrapped> {
-    const started = performance.now();
-    let pending: Promise<Wrapped>;
-    try {
-      pending = backend.wrap(request);
-    } catch (err) {
-      pending = Promise.reject(err);
-    }
-    return timed('wrap', started, pending);
-  }
-
-  function timedUnwrap(request: UnwrapRequest): Promise<Buffer> {
-    const started = performance.now();
-    let pending: Promise<Buffer>;
-    try {
-      pending = backend.unwrap(request);
-    } catch (err) {
-      pending = Promise.reject(err);
-    }
-    return timed('unwrap', started, pending);
   }
 
   function noteKeyID(keyID: string): void {
@@ -264,7 +245,16 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     call?: CallOptions,
   ): Promise<EncryptResult> {
     // v2: annotations are stored next to the ciphertext and handed back on Decrypt.
-    const wrapped = await timedWrap(new ServiceWrapRequest(plaintext, uid, true, call));
+    if (plaintext.length === 0) throw requestInvalid('plaintext is empty; nothing to encrypt');
+    const started = performance.now();
+    let wrapped: Wrapped;
+    try {
+      wrapped = await backend.wrap(new ServiceWrapRequest(plaintext, uid, true, call));
+      observed('wrap', started);
+    } catch (err) {
+      observedFailure('wrap', started, err);
+      throw err;
+    }
     const annotations = wrapped.annotations ?? {};
     const keyIDBytes = Buffer.byteLength(wrapped.keyID, 'utf8');
     // The API server enforces these on every answer; an answer that breaks them is never sent.
@@ -358,7 +348,15 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     async encryptV1(requestVersion, plain, call) {
       checkV1Version(requestVersion);
       if (plain.length === 0) throw requestInvalid('plain is empty; nothing to encrypt');
-      const wrapped = await timedWrap(new ServiceWrapRequest(plain, undefined, false, call));
+      const started = performance.now();
+      let wrapped: Wrapped;
+      try {
+        wrapped = await backend.wrap(new ServiceWrapRequest(plain, undefined, false, call));
+        observed('wrap', started);
+      } catch (err) {
+        observedFailure('wrap', started, err);
+        throw err;
+      }
       noteKeyID(wrapped.keyID);
       return wrapped.ciphertext;
     },
@@ -375,18 +373,24 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
       return { version: statusVersion, healthz: state().reason, keyID };
     },
 
-    async encrypt(plaintext, uid, call) {
-      if (plaintext.length === 0) throw requestInvalid('plaintext is empty; nothing to encrypt');
-      return wrapChecked(plaintext, uid, call);
-    },
+    // wrapChecked refuses an empty plaintext itself: one async layer less per Encrypt.
+    encrypt: wrapChecked,
 
     async decrypt(input, call) {
       if (input.ciphertext.length === 0)
         throw requestInvalid('ciphertext is empty; nothing to decrypt');
       if (input.keyID.length === 0) throw requestInvalid('key_id is empty');
-      return timedUnwrap(
-        new ServiceUnwrapRequest(input.ciphertext, input.keyID, input.annotations, input.uid, call),
-      );
+      const started = performance.now();
+      try {
+        const plain = await backend.unwrap(
+          new ServiceUnwrapRequest(input.ciphertext, input.keyID, input.annotations, input.uid, call),
+        );
+        observed('unwrap', started);
+        return plain;
+      } catch (err) {
+        observedFailure('unwrap', started, err);
+        throw err;
+      }
     },
 
     selfTest,

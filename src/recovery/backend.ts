@@ -50,9 +50,13 @@ class InnerUnwrapRequest implements UnwrapRequest {
 export function withRecoveryLayer(inner: KeyBackend, options: RecoveryLayerOptions): KeyBackend {
   const { publicKey } = options;
 
-  async function wrap(request: WrapRequest): Promise<Wrapped> {
+  // Without a recovery key the inner backend's promise is handed back as is (no async layer per call).
+  function wrap(request: WrapRequest): Promise<Wrapped> {
+    return publicKey === undefined ? inner.wrap(request) : sealingWrap(request, publicKey);
+  }
+
+  async function sealingWrap(request: WrapRequest, publicKey: RecoveryPublicKey): Promise<Wrapped> {
     const wrapped = await inner.wrap(request);
-    if (publicKey === undefined) return wrapped;
     if (request.annotationsAllowed === true) {
       const sealed = seal(publicKey, request.plaintext, sealContext(wrapped.keyID, wrapped.ciphertext));
       return {
