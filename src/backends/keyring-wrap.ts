@@ -32,14 +32,6 @@ export interface WrappedHeader {
   readonly tag: Buffer;
 }
 
-function buildHeader(keyID: string): Buffer {
-  const id = Buffer.from(keyID, 'utf8');
-  if (id.length === 0 || id.length > WRAP_KEY_ID_MAX_BYTES) {
-    throw new RangeError(`key id must be 1..${WRAP_KEY_ID_MAX_BYTES} bytes`);
-  }
-  return Buffer.concat([WRAP_MAGIC, Buffer.from([WRAP_FORMAT_V1, id.length]), id]);
-}
-
 /** Wraps `plaintext` under `key` (32 bytes) with a caller-supplied 12-byte nonce (random in production). */
 export function sealWrapped(
   keyID: string,
@@ -49,12 +41,34 @@ export function sealWrapped(
 ): Buffer {
   if (key.length !== WRAP_KEY_BYTES) throw new RangeError('key must be 32 bytes');
   if (nonce.length !== WRAP_NONCE_BYTES) throw new RangeError('nonce must be 12 bytes');
-  const header = buildHeader(keyID);
+  // One output buffer, written in place (this runs for every Encrypt): header, nonce, sealed, tag.
+  const idLen = Buffer.byteLength(keyID, 'utf8');
+  if (idLen === 0 || idLen > WRAP_KEY_ID_MAX_BYTES) {
+    throw new RangeError(`key id must be 1..${WRAP_KEY_ID_MAX_BYTES} bytes`);
+  }
+  const headerEnd = WRAP_MAGIC.length + 2 + idLen;
+  const nonceEnd = headerEnd + WRAP_NONCE_BYTES;
+  const out = Buffer.allocUnsafe(nonceEnd + plaintext.length + WRAP_TAG_BYTES);
+  WRAP_MAGIC.copy(out, 0);
+  out[WRAP_MAGIC.length] = WRAP_FORMAT_V1;
+  out[WRAP_MAGIC.length + 1] = idLen;
+  out.write(keyID, WRAP_MAGIC.length + 2, idLen, 'utf8');
+  out.set(nonce, headerEnd);
   const cipher = createCipheriv('aes-256-gcm', key, nonce);
-  cipher.setAAD(header);
-  const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
-  return Buffer.concat([header, nonce, body, cipher.getAuthTag()]);
+  cipher.setAAD(out.subarray(0, headerEnd));
+  let pos = nonceEnd;
+  const body = cipher.update(plaintext);
+  out.set(body, pos);
+  pos += body.length;
+  const last = cipher.final();
+  out.set(last, pos);
+  pos += last.length;
+  if (pos !== out.length - WRAP_TAG_BYTES) throw new Error('AES-GCM output has an unexpected length');
+  out.set(cipher.getAuthTag(), pos);
+  return out;
 }
+
+const keyIDDecoder = new TextDecoder('utf-8', { fatal: true });
 
 /** Splits wrapped bytes into their regions; throws FormatInvalidError for anything not in this format. */
 export function parseWrapped(data: Uint8Array): WrappedHeader {
@@ -85,7 +99,7 @@ export function parseWrapped(data: Uint8Array): WrappedHeader {
   }
   let keyID: string;
   try {
-    keyID = new TextDecoder('utf-8', { fatal: true }).decode(
+    keyID = keyIDDecoder.decode(
       buf.subarray(WRAP_MAGIC.length + 2, headerEnd),
     );
   } catch (err) {
@@ -109,7 +123,9 @@ export function openWrapped(parsed: WrappedHeader, key: Uint8Array): Buffer {
     const decipher = createDecipheriv('aes-256-gcm', key, parsed.nonce);
     decipher.setAAD(parsed.header);
     decipher.setAuthTag(parsed.tag);
-    return Buffer.concat([decipher.update(parsed.sealed), decipher.final()]);
+    const body = decipher.update(parsed.sealed);
+    const last = decipher.final(); // verifies the tag; empty for GCM
+    return last.length === 0 ? body : Buffer.concat([body, last]);
   } catch (err) {
     throw new DecryptionFailedError({ cause: err });
   }

@@ -53,6 +53,16 @@ export function createPluginMetrics(build: {
     labels: ['backend', 'operation'],
     outcomeLabel: 'outcome',
   });
+  // The operations are wrap and unwrap: their label objects are made once.
+  const opLabels = new Map<string, { backend: string; operation: string }>();
+  const backendLabels = (operation: string): { backend: string; operation: string } => {
+    let labels = opLabels.get(operation);
+    if (labels === undefined) {
+      labels = { backend: build.backend, operation };
+      if (opLabels.size < 16) opLabels.set(operation, labels);
+    }
+    return labels;
+  };
   const selfTest = selfTestMetrics(registry);
   const keys = keyMetrics(registry);
   processMetrics(registry, (build.startTimeMs ?? Date.now() - performance.now()) / 1000);
@@ -63,7 +73,7 @@ export function createPluginMetrics(build: {
       calls(methodLabels(method), code, durationSeconds);
     },
     backendOperation(operation, outcome, seconds) {
-      backendOps({ backend: build.backend, operation }, outcome, seconds);
+      backendOps(backendLabels(operation), outcome, seconds);
     },
     selfTest,
     ...keys,
@@ -95,16 +105,32 @@ function timedOperations(
   // Every call records both: each label set's two series are looked up once and kept, so the hot path
   // builds no label object. Label values come from fixed sets (unknown gRPC methods are 'unknown'),
   // and the table is capped anyway: past MAX_KEPT_SERIES a label set is looked up every time.
-  const kept = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();
+  // Kept in nested maps, one level per label and one for the outcome: no key string is built per call.
+  type Pair = { count: { inc(): void }; time: { observe(v: number): void } };
+  const kept = new Map<string, unknown>();
+  let keptCount = 0;
   return (labels, outcome, seconds) => {
-    const key = `${spec.labels.map((l) => labels[l]).join('\0')}\0${outcome}`;
-    let pair = kept.get(key);
+    let level: Map<string, unknown> | undefined = kept;
+    for (let i = 0; i < spec.labels.length && level !== undefined; i++) {
+      level = level.get(labels[spec.labels[i]!]!) as Map<string, unknown> | undefined;
+    }
+    let pair = level?.get(outcome) as Pair | undefined;
     if (pair === undefined) {
       pair = {
         count: total.series({ ...labels, [spec.outcomeLabel]: outcome }),
         time: duration.series(labels),
       };
-      if (kept.size < MAX_KEPT_SERIES) kept.set(key, pair);
+      if (keptCount < MAX_KEPT_SERIES) {
+        keptCount++;
+        let node = kept;
+        for (const l of spec.labels) {
+          const value = labels[l]!;
+          let next = node.get(value) as Map<string, unknown> | undefined;
+          if (next === undefined) node.set(value, (next = new Map()));
+          node = next;
+        }
+        node.set(outcome, pair);
+      }
     }
     pair.count.inc();
     pair.time.observe(seconds);

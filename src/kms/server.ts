@@ -194,19 +194,37 @@ export function createKmsHandlers(service: KmsService, logger: Logger): Map<stri
         throw failure;
       } finally {
         if (failure !== undefined) code = failure.code;
-        const uid = handled?.uid ?? peekUID(method, call.message);
-        logger[levelFor(method, code)]('kms call', {
-          method,
-          uid: uid === undefined ? undefined : loggableUID(uid),
-          keyID: handled?.keyID,
-          durationMs: Math.round((performance.now() - started) * 1000) / 1000,
-          outcome: grpcCodeName(code),
-          error: failure?.message,
-        });
+        const level = levelFor(method, code);
+        // At --log-level warn a successful call writes nothing: its fields are not built either.
+        if (logger.enabled?.(level) !== false) {
+          logCall(logger, level, method, call, handled, started, code, failure);
+        }
       }
     });
   }
   return table;
+}
+
+/** The one line per call (a function of its own: nothing is allocated when the level is off). */
+function logCall(
+  logger: Logger,
+  level: 'debug' | 'info' | 'warn' | 'error',
+  method: string,
+  call: UnaryCall,
+  handled: Handled | undefined,
+  started: number,
+  code: GrpcCode,
+  failure: GrpcStatusError | undefined,
+): void {
+  const uid = handled?.uid ?? peekUID(method, call.message);
+  logger[level]('kms call', {
+    method,
+    uid: uid === undefined ? undefined : loggableUID(uid),
+    keyID: handled?.keyID,
+    durationMs: Math.round((performance.now() - started) * 1000) / 1000,
+    outcome: grpcCodeName(code),
+    error: failure?.message,
+  });
 }
 
 /** Best effort: the uid of a v2 request that failed, for the log line. */

@@ -11,7 +11,7 @@ import {
   type BackendErrorKind,
 } from '../errors.js';
 import { bytesEqual } from '../bytes.js';
-import type { KeyBackend } from '../backends/backend.js';
+import type { KeyBackend, UnwrapRequest, WrapRequest, Wrapped } from '../backends/backend.js';
 import { isFullyQualifiedDomainName, validateAnnotations } from '../transformers/kms-v2-validation.js';
 import type {
   KmsV2DecryptRequest,
@@ -105,6 +105,55 @@ export interface KmsService {
   stop(): void;
 }
 
+// The requests handed to the backend on every RPC. Classes, not object literals with a `get signal()`:
+// a literal's getter is a new closure (and accessor pair) per call; here the getter lives once on the
+// prototype and the AbortSignal is still only created when a backend reads it. (Nothing spreads a
+// request: spreading would drop a prototype getter.)
+class ServiceWrapRequest implements WrapRequest {
+  readonly plaintext: Uint8Array;
+  readonly uid: string | undefined;
+  readonly annotationsAllowed: boolean;
+  readonly #call: CallOptions | undefined;
+  constructor(
+    plaintext: Uint8Array,
+    uid: string | undefined,
+    annotationsAllowed: boolean,
+    call: CallOptions | undefined,
+  ) {
+    this.plaintext = plaintext;
+    this.uid = uid;
+    this.annotationsAllowed = annotationsAllowed;
+    this.#call = call;
+  }
+  get signal(): AbortSignal | undefined {
+    return this.#call?.signal;
+  }
+}
+
+class ServiceUnwrapRequest implements UnwrapRequest {
+  readonly ciphertext: Uint8Array;
+  readonly keyID: string | undefined;
+  readonly annotations: Readonly<Record<string, Uint8Array>> | undefined;
+  readonly uid: string | undefined;
+  readonly #call: CallOptions | undefined;
+  constructor(
+    ciphertext: Uint8Array,
+    keyID: string | undefined,
+    annotations: Readonly<Record<string, Uint8Array>> | undefined,
+    uid: string | undefined,
+    call: CallOptions | undefined,
+  ) {
+    this.ciphertext = ciphertext;
+    this.keyID = keyID;
+    this.annotations = annotations;
+    this.uid = uid;
+    this.#call = call;
+  }
+  get signal(): AbortSignal | undefined {
+    return this.#call?.signal;
+  }
+}
+
 function requestInvalid(message: string): AtrestError {
   return new AtrestError('ERR_REQUEST_INVALID', message);
 }
@@ -148,18 +197,24 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
   let running: Promise<SelfTestState> | undefined;
   let stopped = false;
 
-  async function timed<T>(operation: BackendOperation, fn: () => Promise<T>): Promise<T> {
+  // Timing is written out in each caller's own async function (no extra async layer or closure per
+  // call); a backend that throws instead of rejecting is caught and counted the same way.
+  function observed(operation: BackendOperation, started: number): void {
+    observer?.backendOperation(operation, 'ok', (performance.now() - started) / 1000);
+  }
+
+  function observedFailure(operation: BackendOperation, started: number, err: unknown): void {
+    observer?.backendOperation(operation, classifyBackendError(err), (performance.now() - started) / 1000);
+  }
+
+  async function timedUnwrap(request: UnwrapRequest): Promise<Buffer> {
     const started = performance.now();
     try {
-      const result = await fn();
-      observer?.backendOperation(operation, 'ok', (performance.now() - started) / 1000);
-      return result;
+      const plain = await backend.unwrap(request);
+      observed('unwrap', started);
+      return plain;
     } catch (err) {
-      observer?.backendOperation(
-        operation,
-        classifyBackendError(err),
-        (performance.now() - started) / 1000,
-      );
+      observedFailure('unwrap', started, err);
       throw err;
     }
   }
@@ -190,16 +245,16 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     call?: CallOptions,
   ): Promise<EncryptResult> {
     // v2: annotations are stored next to the ciphertext and handed back on Decrypt.
-    const wrapped = await timed('wrap', () =>
-      backend.wrap({
-        plaintext,
-        uid,
-        annotationsAllowed: true,
-        get signal() {
-          return call?.signal;
-        },
-      }),
-    );
+    if (plaintext.length === 0) throw requestInvalid('plaintext is empty; nothing to encrypt');
+    const started = performance.now();
+    let wrapped: Wrapped;
+    try {
+      wrapped = await backend.wrap(new ServiceWrapRequest(plaintext, uid, true, call));
+      observed('wrap', started);
+    } catch (err) {
+      observedFailure('wrap', started, err);
+      throw err;
+    }
     const annotations = wrapped.annotations ?? {};
     const keyIDBytes = Buffer.byteLength(wrapped.keyID, 'utf8');
     // The API server enforces these on every answer; an answer that breaks them is never sent.
@@ -228,14 +283,12 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     try {
       const probe = random(32);
       const wrapped = await wrapChecked(probe, 'atrest-self-test');
-      const back = await timed('unwrap', () =>
-        backend.unwrap({
-          ciphertext: wrapped.ciphertext,
-          keyID: wrapped.keyID,
-          annotations: wrapped.annotations,
-          uid: 'atrest-self-test',
-        }),
-      );
+      const back = await timedUnwrap({
+        ciphertext: wrapped.ciphertext,
+        keyID: wrapped.keyID,
+        annotations: wrapped.annotations,
+        uid: 'atrest-self-test',
+      });
       if (!bytesEqual(back, probe))
         throw new Error('unwrap returned different bytes than were wrapped');
       lastOk = true;
@@ -295,14 +348,15 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     async encryptV1(requestVersion, plain, call) {
       checkV1Version(requestVersion);
       if (plain.length === 0) throw requestInvalid('plain is empty; nothing to encrypt');
-      const wrapped = await timed('wrap', () =>
-        backend.wrap({
-          plaintext: plain,
-          get signal() {
-            return call?.signal;
-          },
-        }),
-      );
+      const started = performance.now();
+      let wrapped: Wrapped;
+      try {
+        wrapped = await backend.wrap(new ServiceWrapRequest(plain, undefined, false, call));
+        observed('wrap', started);
+      } catch (err) {
+        observedFailure('wrap', started, err);
+        throw err;
+      }
       noteKeyID(wrapped.keyID);
       return wrapped.ciphertext;
     },
@@ -310,14 +364,7 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
     async decryptV1(requestVersion, cipher, call) {
       checkV1Version(requestVersion);
       if (cipher.length === 0) throw requestInvalid('cipher is empty; nothing to decrypt');
-      return timed('unwrap', () =>
-        backend.unwrap({
-          ciphertext: cipher,
-          get signal() {
-            return call?.signal;
-          },
-        }),
-      );
+      return timedUnwrap(new ServiceUnwrapRequest(cipher, undefined, undefined, undefined, call));
     },
 
     async status() {
@@ -326,26 +373,24 @@ export function createKmsService(options: KmsServiceOptions): KmsService {
       return { version: statusVersion, healthz: state().reason, keyID };
     },
 
-    async encrypt(plaintext, uid, call) {
-      if (plaintext.length === 0) throw requestInvalid('plaintext is empty; nothing to encrypt');
-      return wrapChecked(plaintext, uid, call);
-    },
+    // wrapChecked refuses an empty plaintext itself: one async layer less per Encrypt.
+    encrypt: wrapChecked,
 
     async decrypt(input, call) {
       if (input.ciphertext.length === 0)
         throw requestInvalid('ciphertext is empty; nothing to decrypt');
       if (input.keyID.length === 0) throw requestInvalid('key_id is empty');
-      return timed('unwrap', () =>
-        backend.unwrap({
-          ciphertext: input.ciphertext,
-          keyID: input.keyID,
-          annotations: input.annotations,
-          uid: input.uid,
-          get signal() {
-            return call?.signal;
-          },
-        }),
-      );
+      const started = performance.now();
+      try {
+        const plain = await backend.unwrap(
+          new ServiceUnwrapRequest(input.ciphertext, input.keyID, input.annotations, input.uid, call),
+        );
+        observed('unwrap', started);
+        return plain;
+      } catch (err) {
+        observedFailure('unwrap', started, err);
+        throw err;
+      }
     },
 
     selfTest,

@@ -53,24 +53,41 @@ function malformed(message: string, cause?: unknown): FormatInvalidError {
   return new FormatInvalidError('ERR_PROTO_MALFORMED', message, { cause });
 }
 
-function writeVarint(out: number[], value: number): void {
+/** Bytes a varint of `value` (0..2^53) takes. */
+function varintSize(value: number): number {
+  let n = 1;
   let v = value;
   while (v > 0x7f) {
-    out.push((v & 0x7f) | 0x80);
+    n++;
     v = Math.floor(v / 128);
   }
-  out.push(v);
+  return n;
 }
 
-function varintBytes(value: number): Buffer {
-  const out: number[] = [];
-  writeVarint(out, value);
-  return Buffer.from(out);
+/** Writes `value` as a varint at `pos`; returns the position after it. */
+function putVarint(out: Buffer, pos: number, value: number): number {
+  let v = value;
+  let p = pos;
+  while (v > 0x7f) {
+    out[p++] = (v & 0x7f) | 0x80;
+    v = Math.floor(v / 128);
+  }
+  out[p++] = v;
+  return p;
 }
 
-function lenDelimited(fieldNo: number, body: Uint8Array): Buffer[] {
-  return [varintBytes((fieldNo << 3) | WIRE_LEN), varintBytes(body.length), Buffer.from(body)];
+/** Size of a length-delimited field (tag, length, body) whose body is `len` bytes. */
+function lenFieldSize(fieldNo: number, len: number): number {
+  return varintSize((fieldNo << 3) | WIRE_LEN) + varintSize(len) + len;
 }
+
+/** Writes the tag and length of a length-delimited field; the body goes at the returned position. */
+function putLenHeader(out: Buffer, pos: number, fieldNo: number, len: number): number {
+  return putVarint(out, putVarint(out, pos, (fieldNo << 3) | WIRE_LEN), len);
+}
+
+/** Zero value of bytes fields: empty, so one instance serves every decoded message. */
+const EMPTY = Buffer.alloc(0);
 
 /** Reads one message's fields in order; a cursor over a byte range (also used by proto/etcd-rpc.ts). */
 export class Reader {
@@ -157,7 +174,7 @@ function decodeString(raw: Uint8Array, field: string): string {
 function decodeMapEntry(raw: Uint8Array, field: string): [string, Buffer] {
   const r = new Reader(raw);
   let key = '';
-  let value: Buffer = Buffer.alloc(0);
+  let value: Buffer = EMPTY;
   while (!r.done()) {
     const tag = r.varint();
     const no = Math.floor(tag / 8);
@@ -174,7 +191,7 @@ function zeroValue(kind: FieldKind): unknown {
     case 'string':
       return '';
     case 'bytes':
-      return Buffer.alloc(0);
+      return EMPTY;
     case 'map<string,bytes>':
       return {};
     case 'enum':
@@ -189,42 +206,85 @@ export function defineMessage<S extends Schema>(name: string, schema: S): Messag
 
   return {
     name,
+    // Two passes over the fields: sizes first, then every byte written into one buffer (no
+    // per-field buffers or arrays: this runs for every RPC).
     encode(message) {
-      const parts: Buffer[] = [];
       const msg = message as Record<string, unknown>;
+      let size = 0;
       for (const [field, spec] of entries) {
         const value = msg[field];
         if (value === undefined) continue;
         switch (spec.kind) {
           case 'string': {
-            const s = value as string;
-            if (s.length > 0) parts.push(...lenDelimited(spec.no, Buffer.from(s, 'utf8')));
+            const n = Buffer.byteLength(value as string, 'utf8');
+            if (n > 0) size += lenFieldSize(spec.no, n);
             break;
           }
           case 'bytes': {
-            const b = value as Uint8Array;
-            if (b.length > 0) parts.push(...lenDelimited(spec.no, b));
+            const n = (value as Uint8Array).length;
+            if (n > 0) size += lenFieldSize(spec.no, n);
             break;
           }
           case 'map<string,bytes>': {
             for (const [k, v] of Object.entries(value as Record<string, Uint8Array>)) {
-              const entry = Buffer.concat([
-                ...lenDelimited(1, Buffer.from(k, 'utf8')),
-                ...lenDelimited(2, v),
-              ]);
-              parts.push(...lenDelimited(spec.no, entry));
+              const entry = lenFieldSize(1, Buffer.byteLength(k, 'utf8')) + lenFieldSize(2, v.length);
+              size += lenFieldSize(spec.no, entry);
             }
             break;
           }
           case 'enum': {
             const n = value as number;
             if (!Number.isInteger(n) || n < 0) throw new RangeError(`${name}.${field}: bad enum ${n}`);
-            if (n !== 0) parts.push(varintBytes((spec.no << 3) | WIRE_VARINT), varintBytes(n));
+            if (n !== 0) size += varintSize((spec.no << 3) | WIRE_VARINT) + varintSize(n);
             break;
           }
         }
       }
-      return Buffer.concat(parts);
+      const out = Buffer.allocUnsafe(size);
+      let pos = 0;
+      for (const [field, spec] of entries) {
+        const value = msg[field];
+        if (value === undefined) continue;
+        switch (spec.kind) {
+          case 'string': {
+            const s = value as string;
+            const n = Buffer.byteLength(s, 'utf8');
+            if (n > 0) {
+              pos = putLenHeader(out, pos, spec.no, n);
+              pos += out.write(s, pos, n, 'utf8');
+            }
+            break;
+          }
+          case 'bytes': {
+            const b = value as Uint8Array;
+            if (b.length > 0) {
+              pos = putLenHeader(out, pos, spec.no, b.length);
+              out.set(b, pos);
+              pos += b.length;
+            }
+            break;
+          }
+          case 'map<string,bytes>': {
+            for (const [k, v] of Object.entries(value as Record<string, Uint8Array>)) {
+              const kn = Buffer.byteLength(k, 'utf8');
+              pos = putLenHeader(out, pos, spec.no, lenFieldSize(1, kn) + lenFieldSize(2, v.length));
+              pos = putLenHeader(out, pos, 1, kn);
+              pos += out.write(k, pos, kn, 'utf8');
+              pos = putLenHeader(out, pos, 2, v.length);
+              out.set(v, pos);
+              pos += v.length;
+            }
+            break;
+          }
+          case 'enum': {
+            const n = value as number;
+            if (n !== 0) pos = putVarint(out, putVarint(out, pos, (spec.no << 3) | WIRE_VARINT), n);
+            break;
+          }
+        }
+      }
+      if (pos !== size) throw new Error(`${name}: encoded ${pos} bytes, expected ${size}`);
+      return out;
     },
 
     decode(data) {

@@ -18,12 +18,45 @@ export interface RecoveryLayerOptions {
   readonly publicKey?: RecoveryPublicKey;
 }
 
+/**
+ * The request passed on to the inner backend: the outer one's fields with the container and the
+ * recovery annotation taken off. A class so the `signal` getter (reading the outer request's, itself
+ * lazy) is one function on the prototype, not a closure per call.
+ */
+class InnerUnwrapRequest implements UnwrapRequest {
+  readonly ciphertext: Uint8Array;
+  readonly annotations: Readonly<Record<string, Uint8Array>> | undefined;
+  readonly #outer: UnwrapRequest;
+  constructor(
+    ciphertext: Uint8Array,
+    annotations: Readonly<Record<string, Uint8Array>> | undefined,
+    outer: UnwrapRequest,
+  ) {
+    this.ciphertext = ciphertext;
+    this.annotations = annotations;
+    this.#outer = outer;
+  }
+  get keyID(): string | undefined {
+    return this.#outer.keyID;
+  }
+  get uid(): string | undefined {
+    return this.#outer.uid;
+  }
+  get signal(): AbortSignal | undefined {
+    return this.#outer.signal;
+  }
+}
+
 export function withRecoveryLayer(inner: KeyBackend, options: RecoveryLayerOptions): KeyBackend {
   const { publicKey } = options;
 
-  async function wrap(request: WrapRequest): Promise<Wrapped> {
+  // Without a recovery key the inner backend's promise is handed back as is (no async layer per call).
+  function wrap(request: WrapRequest): Promise<Wrapped> {
+    return publicKey === undefined ? inner.wrap(request) : sealingWrap(request, publicKey);
+  }
+
+  async function sealingWrap(request: WrapRequest, publicKey: RecoveryPublicKey): Promise<Wrapped> {
     const wrapped = await inner.wrap(request);
-    if (publicKey === undefined) return wrapped;
     if (request.annotationsAllowed === true) {
       const sealed = seal(publicKey, request.plaintext, sealContext(wrapped.keyID, wrapped.ciphertext));
       return {
@@ -42,16 +75,7 @@ export function withRecoveryLayer(inner: KeyBackend, options: RecoveryLayerOptio
       : request.ciphertext;
     // Not `...request`: spreading reads the lazy `signal` getter, which creates an AbortController
     // for every call (several microseconds each) that the keyring never looks at.
-    const { keyID, uid } = request;
-    return inner.unwrap({
-      ciphertext,
-      ...(keyID === undefined ? {} : { keyID }),
-      ...(annotations === undefined ? {} : { annotations }),
-      ...(uid === undefined ? {} : { uid }),
-      get signal() {
-        return request.signal;
-      },
-    });
+    return inner.unwrap(new InnerUnwrapRequest(ciphertext, annotations, request));
   }
 
   // Everything else is the inner backend's own: the optional parts (health, keySet) only where it has them.

@@ -334,6 +334,29 @@ test('each call is logged as JSON with method, uid, duration and outcome but no 
   assert.ok(!all.includes(keyring.keys[0]!.secret.toString('base64')));
 });
 
+test('at --log-level warn a successful call writes no line and a refused one still does', async (t) => {
+  const lines: string[] = [];
+  const logger = createJsonLogger((l) => lines.push(l), 'warn');
+  assert.equal(logger.enabled?.('info'), false);
+  assert.equal(logger.enabled?.('warn'), true);
+  const plugin = await startInProcessPlugin(t, { logger });
+  const c = plugin.client();
+  const enc = v2.EncryptResponse.decode(
+    await c.unary(v2.V2_METHODS.encrypt, v2.EncryptRequest.encode({ plaintext: randomBytes(32), uid: 'u-ok' }), T),
+  );
+  await c.unary(v2.V2_METHODS.decrypt, v2.DecryptRequest.encode({ ciphertext: enc.ciphertext, uid: 'u-ok', key_id: enc.key_id }), T);
+  await assert.rejects(
+    c.unary(v2.V2_METHODS.decrypt, v2.DecryptRequest.encode({ ciphertext: enc.ciphertext, uid: 'u-bad', key_id: 'other' }), T),
+  );
+  const calls = lines
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .filter((l) => l['msg'] === 'kms call');
+  assert.deepEqual(
+    calls.map((l) => [l['uid'], l['outcome'], l['level']]),
+    [['u-bad', 'INVALID_ARGUMENT', 'warn']],
+  );
+});
+
 test('a reload that fails leaves the plugin serving and healthy with the old keys', async (t) => {
   const plugin = await startInProcessPlugin(t);
   await writeFile(plugin.keyringPath, 'garbage');

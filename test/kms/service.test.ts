@@ -182,3 +182,57 @@ test("a remote backend's own health report makes healthz fail even after a passi
   assert.equal((await service.status()).healthz, 'remote: rate limited by the key manager');
   assert.equal(service.selfTestState().healthy, false);
 });
+
+test("each call's signal reaches the backend only when read, on every method; a backend throwing synchronously is counted", async (t) => {
+  const inner = await createKeyringBackend({ path: await newKeyringFile(await tempDir(t)) });
+  t.after(() => inner.close());
+  const seen: [string, AbortSignal | undefined][] = [];
+  let readSignal = true;
+  let throwNow = false;
+  const backend: KeyBackend = {
+    ...inner,
+    name: 'probe',
+    currentKeyID: () => inner.currentKeyID(),
+    wrap(r) {
+      if (throwNow) throw new BackendError('probe', 'unavailable', 'thrown, not rejected');
+      if (readSignal) seen.push(['wrap', r.signal]);
+      return inner.wrap(r);
+    },
+    unwrap(r) {
+      if (readSignal) seen.push(['unwrap', r.signal]);
+      return inner.unwrap(r);
+    },
+  };
+  const ops: [BackendOperation, BackendOutcome][] = [];
+  const service = createKmsService({
+    backend,
+    version: '1.2.3',
+    logger: silentLogger,
+    observer: { backendOperation: (op, outcome) => ops.push([op, outcome]), selfTest: () => {}, activeKeyID: () => {} },
+  });
+  const controller = new AbortController();
+  let reads = 0;
+  const call = {
+    get signal() {
+      reads++;
+      return controller.signal;
+    },
+  };
+  const enc = await service.encrypt(randomBytes(32), 'u1', call);
+  await service.decrypt({ ciphertext: enc.ciphertext, keyID: enc.keyID, annotations: enc.annotations, uid: 'u1' }, call);
+  const v1c = await service.encryptV1('v1beta1', randomBytes(32), call);
+  await service.decryptV1('v1beta1', v1c, call);
+  assert.deepEqual(seen.map(([op]) => op), ['wrap', 'unwrap', 'wrap', 'unwrap']);
+  for (const [, s] of seen) assert.equal(s, controller.signal);
+  assert.equal(reads, 4);
+  readSignal = false;
+  await service.decrypt({ ciphertext: enc.ciphertext, keyID: enc.keyID, annotations: enc.annotations, uid: 'u1' }, call);
+  assert.equal(reads, 4, 'a backend that does not read the signal must not make one');
+  throwNow = true;
+  await assert.rejects(service.encrypt(randomBytes(32), 'u2', call), /thrown, not rejected/);
+  assert.deepEqual(ops.at(-1), ['wrap', 'unavailable']);
+  assert.deepEqual(
+    ops.slice(0, 5).map(([, o]) => o),
+    ['ok', 'ok', 'ok', 'ok', 'ok'],
+  );
+});

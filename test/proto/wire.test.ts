@@ -57,3 +57,44 @@ test('skips an unknown varint field larger than 2^53 (an int64 such as an etcd l
   const known = v1.VersionRequest.encode({ version: 'v1beta1' });
   assert.equal(v1.VersionRequest.decode(Buffer.concat([bigVarint, known])).version, 'v1beta1');
 });
+
+// encode() sizes the message first and writes into one buffer: check it byte for byte against a
+// plain field-by-field encoder, across lengths whose varints take 1, 2 and 3 bytes and strings whose
+// UTF-8 is longer than their UTF-16 (a lone surrogate becomes U+FFFD, 3 bytes, as Buffer.from does).
+function refVarint(v: number): number[] {
+  const out: number[] = [];
+  while (v > 0x7f) {
+    out.push((v & 0x7f) | 0x80);
+    v = Math.floor(v / 128);
+  }
+  out.push(v);
+  return out;
+}
+function refLen(no: number, body: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from(refVarint((no << 3) | 2)), Buffer.from(refVarint(body.length)), body]);
+}
+
+test('encode writes the same bytes as a field-by-field encoder at every varint size', () => {
+  const strings = ['', 'k', 'é€😀', 'x\ud800y', 'a'.repeat(127), 'b'.repeat(128), 'c'.repeat(16_384)];
+  const lengths = [0, 1, 127, 128, 300, 16_383, 16_384, 70_000];
+  let checked = 0;
+  for (const s of strings) {
+    for (const n of lengths) {
+      const data = Buffer.alloc(n, 0xab);
+      const annotations: Record<string, Buffer> = { [s || 'e.example.com']: data.subarray(0, n >> 1), 'z.example.com': Buffer.alloc(0) };
+      const msg = { encryptedData: data, keyID: s, encryptedDEKSource: data.subarray(0, 5), annotations, encryptedDEKSourceType: n % 3 };
+      const want = Buffer.concat([
+        ...(n > 0 ? [refLen(1, data)] : []),
+        ...(s.length > 0 ? [refLen(2, Buffer.from(s, 'utf8'))] : []),
+        ...(n > 0 ? [refLen(3, data.subarray(0, 5))] : []),
+        ...Object.entries(annotations).map(([k, v]) => refLen(4, Buffer.concat([refLen(1, Buffer.from(k, 'utf8')), refLen(2, v)]))),
+        ...(n % 3 !== 0 ? [Buffer.from([0x28, ...refVarint(n % 3)])] : []),
+      ]);
+      const got = EncryptedObject.encode(msg);
+      assert.ok(got.equals(want), `string ${JSON.stringify(s.slice(0, 8))} (${s.length}), bytes ${n}`);
+      if (!s.includes('\ud800')) assert.deepEqual(EncryptedObject.decode(got), msg);
+      checked++;
+    }
+  }
+  assert.equal(checked, strings.length * lengths.length);
+});
