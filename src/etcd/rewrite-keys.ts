@@ -7,7 +7,6 @@
 // one with single-key transactions, exactly as a rewrite without batches does.
 
 import { AtrestError } from '../errors.js';
-import { bytesEqual } from '../bytes.js';
 import type { CompareAndPutBatchResult, CompareAndPutItem, CompareAndPutResult, KeyValue } from './client.js';
 import type { ResourcePolicy } from './policy.js';
 import type { RateLimiter } from './rate-limit.js';
@@ -57,6 +56,12 @@ export interface KeyRewriterOptions {
   readonly onConflict: () => void;
   /** Test hook: runs between reading a value and its conditional write. */
   readonly beforeWrite?: ((key: Buffer) => Promise<void>) | undefined;
+  /**
+   * Called with the revision of each transaction of ours whose every written key was read back and
+   * verified (bytes and plaintext). etcd gives each transaction its own revision, so a key whose
+   * mod_revision is still that revision holds exactly the verified bytes.
+   */
+  readonly onVerifiedRevision?: ((revision: number) => void) | undefined;
 }
 
 /** A stale value, decrypted and encrypted again, ready for its conditional write. */
@@ -125,7 +130,11 @@ export function createKeyRewriter(options: KeyRewriterOptions): (chunk: readonly
       await limiter.acquire();
       const { kv: read, out } = p;
       const res = await guarded(p.keyText, () => store.compareAndPut(read.key, out, read.modRevision));
-      if (res.succeeded) return settle(p, res.current);
+      if (res.succeeded) {
+        const outcome = await settle(p, res.current);
+        if (outcome.kind === 'rewritten') options.onVerifiedRevision?.(res.current!.modRevision);
+        return outcome;
+      }
       options.onConflict();
       if (res.current === undefined) return { kind: 'deleted' };
       if (attempt >= maxRetries) {
@@ -143,10 +152,18 @@ export function createKeyRewriter(options: KeyRewriterOptions): (chunk: readonly
     const what = `transaction of ${batch.length} keys from ${batch[0]!.keyText}`;
     const res = await guarded(what, () => store.compareAndPutBatch(items));
     const outcomes: KeyOutcome[] = [];
+    if (res.succeeded) {
+      for (const [i, p] of batch.entries()) outcomes.push(await settle(p, res.current[i]));
+      // The transaction's revision is trusted only when every key it wrote checked out (a key that
+      // failed its check may not have been put back).
+      const revision = res.current[0]?.modRevision;
+      const allVerified = outcomes.every((o, i) => o.kind === 'rewritten' && res.current[i]?.modRevision === revision);
+      if (allVerified && revision !== undefined) options.onVerifiedRevision?.(revision);
+      return outcomes;
+    }
     for (const [i, p] of batch.entries()) {
       const current = res.current[i];
-      if (res.succeeded) outcomes.push(await settle(p, current));
-      else if (current?.modRevision === p.kv.modRevision) outcomes.push(await processKey(p.kv, p.policy, p));
+      if (current?.modRevision === p.kv.modRevision) outcomes.push(await processKey(p.kv, p.policy, p));
       else {
         options.onConflict();
         outcomes.push(current === undefined ? { kind: 'deleted' } : await processKey(current, p.policy, undefined, 1));
@@ -172,6 +189,11 @@ export function createKeyRewriter(options: KeyRewriterOptions): (chunk: readonly
   };
 }
 
+/** Byte equality (memcmp; nothing secret depends on its timing here: both sides are ours). */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(a, b) === 0;
+}
+
 /** The read-back check: stored bytes are ours, and they decrypt, as current, to the same plaintext. */
 async function verify(
   stored: KeyValue | undefined,
@@ -181,10 +203,10 @@ async function verify(
   context: { authenticatedData: Uint8Array },
 ): Promise<string | undefined> {
   if (stored === undefined) return 'read-back found no value';
-  if (!bytesEqual(stored.value, written)) return 'read-back returned other bytes than written';
+  if (!sameBytes(stored.value, written)) return 'read-back returned other bytes than written';
   try {
     const again = await policy.transformer.transformFromStorage(stored.value, context);
-    if (!bytesEqual(again.data, plaintext)) return 'read-back decrypted to a different plaintext';
+    if (!sameBytes(again.data, plaintext)) return 'read-back decrypted to a different plaintext';
     if (again.stale) return 'read-back is still stale (write provider changed during the run?)';
   } catch (err) {
     return `read-back does not decrypt: ${messageOf(err)}`;

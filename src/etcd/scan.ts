@@ -78,6 +78,12 @@ export interface ScanOptions {
   /** Only these ranges (default: the selection's). */
   readonly ranges?: readonly KeyRange[];
   readonly onProgress?: (scanned: number) => void;
+  /**
+   * With decrypt: values already proven to decrypt, as current, by their writer (rewrite's read-back
+   * of its own transaction). They are classified from their stored bytes; any that do not then look
+   * current are decrypted like the rest.
+   */
+  readonly verified?: (kv: KeyValue) => boolean;
 }
 
 export interface ValueClassification {
@@ -223,9 +229,19 @@ export async function scan(options: ScanOptions): Promise<ScanReport> {
     for await (const page of prefetched(options.source.pages(range.start, range.end, pageOptions))) {
       if (decrypt) {
         // decryption may call a KMS plugin: several in flight
-        const selected = page
-          .map((kv) => ({ kv, policy: options.policies.forKey(kv.key) }))
-          .filter((x) => options.selection.includes(x.policy));
+        const selected: { kv: KeyValue; policy: ResourcePolicy }[] = [];
+        for (const kv of page) {
+          const policy = options.policies.forKey(kv.key);
+          if (!options.selection.includes(policy)) continue;
+          if (options.verified?.(kv) === true) {
+            const c = classifyStored(kv, policy);
+            if (c.state === 'current') {
+              record(kv, policy, c);
+              continue;
+            }
+          }
+          selected.push({ kv, policy });
+        }
         const results = await mapPool(selected, options.concurrency ?? 8, ({ kv, policy }) =>
           classifyValue(kv, policy, true),
         );

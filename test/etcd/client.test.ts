@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
+import { readdirSync, readFileSync } from 'node:fs';
 import { EtcdClient, prefixRangeEnd } from '../../src/etcd/client.js';
 import { MAX_TXN_KEYS } from '../../src/etcd/txn-batch.js';
 import { etcdBinary, freePort, startEtcd, type RunningEtcd } from '../helpers/etcd.js';
@@ -34,8 +35,23 @@ function etcdctlGetPrefix(etcd: RunningEtcd, prefix: string): EtcdctlKv[] {
 }
 
 /** Stops a real etcd process (SIGSTOP) until the returned function resumes it: an endpoint that accepts connections and never answers. */
-function freeze(etcd: RunningEtcd): () => void {
+/**
+ * Stops etcd (SIGSTOP) and returns once the kernel reports it stopped: kill() returns before the
+ * signal is delivered, and a busy machine may let etcd answer one more request meanwhile.
+ */
+async function freeze(etcd: RunningEtcd): Promise<() => void> {
   etcd.process.kill('SIGSTOP');
+  const tasks = `/proc/${etcd.process.pid}/task`;
+  // field 3 of each thread's stat, after the parenthesised command name: T = stopped by a signal
+  const state = (t: string): string | undefined => {
+    try {
+      return readFileSync(`${tasks}/${t}/stat`, 'utf8').split(') ')[1]?.[0];
+    } catch {
+      return 'T'; // a thread that exited meanwhile
+    }
+  };
+  const stopped = (): boolean => readdirSync(tasks).every((t) => state(t) === 'T');
+  while (!stopped()) await new Promise((r) => setImmediate(r));
   return () => {
     etcd.process.kill('SIGCONT');
   };
@@ -271,7 +287,7 @@ describe('etcd client over the native gRPC API', () => {
 
   test('gives up on an endpoint that never answers after the deadline, and names it', async () => {
     const c = new EtcdClient({ endpoints: [etcd.endpoint], requestTimeoutMs: 300 });
-    const resume = freeze(etcd);
+    const resume = await freeze(etcd);
     try {
       await assert.rejects(c.get(enc('/frozen')), (err: Error & { code?: string }) => {
         assert.equal(err.code, 'ERR_ETCD');
@@ -293,7 +309,7 @@ describe('etcd client over the native gRPC API', () => {
     try {
       await c.put(enc('/two/k'), enc('first'));
       assert.equal((await c.status()).endpoint, etcd.endpoint);
-      const resume = freeze(etcd);
+      const resume = await freeze(etcd);
       try {
         await c.put(enc('/two/k'), enc('second'));
         assert.equal((await c.status()).endpoint, second.endpoint);

@@ -82,15 +82,20 @@ function recordingStore(client: EtcdClient): RewriteStore & { readonly txns: { k
   return {
     txns,
     pages: (start, end, options) => client.pages(start, end, options),
+    // Recorded in the order they are sent (transactions in flight together may finish in any order).
     async compareAndPut(key, value, modRevision) {
+      const txn = { keys: [Buffer.from(key).toString()], bytes: txnBytesOf(key, value), batch: false, succeeded: false };
+      txns.push(txn);
       const res = await client.compareAndPut(key, value, modRevision);
-      txns.push({ keys: [Buffer.from(key).toString()], bytes: txnBytesOf(key, value), batch: false, succeeded: res.succeeded });
+      txn.succeeded = res.succeeded;
       return res;
     },
     async compareAndPutBatch(items: readonly CompareAndPutItem[]) {
-      const res = await client.compareAndPutBatch(items);
       const bytes = items.reduce((n, i) => n + txnBytesOf(i.key, i.value), 0);
-      txns.push({ keys: items.map((i) => Buffer.from(i.key).toString()), bytes, batch: true, succeeded: res.succeeded });
+      const txn = { keys: items.map((i) => Buffer.from(i.key).toString()), bytes, batch: true, succeeded: false };
+      txns.push(txn);
+      const res = await client.compareAndPutBatch(items);
+      txn.succeeded = res.succeeded;
       return res;
     },
   };
@@ -228,12 +233,50 @@ describe('rewrite safety on a real etcd', () => {
     }
     const store = recordingStore(client);
     const report = await rewrite(rewriteOptions(store));
-    const mine = store.txns.filter((t) => t.keys.some((k) => k.includes(`/${ns}/`)));
+    // in key order: transactions of different chunks are in flight together, in no fixed order
+    const mine = store.txns.filter((t) => t.keys.some((k) => k.includes(`/${ns}/`))).sort((a, b) => a.keys[0]!.localeCompare(b.keys[0]!));
     assert.deepEqual(mine.map((t) => [t.keys.length, t.succeeded]), [[2, true], [2, true], [2, true], [1, true]]);
     assert.ok(mine.every((t) => t.keys.length === 1 || t.bytes <= MAX_TXN_BYTES), 'every batch within the byte budget');
     assert.ok(mine[3]!.bytes > MAX_TXN_BYTES, 'the largest value is written on its own');
     assert.equal(report.counts.rewritten, 7);
     assert.equal(report.converged, true);
+    await assertConverged(client, ns, expected);
+  });
+
+  test('the verification scan still decrypts a value overwritten after its verified transaction', async () => {
+    const ns = 'after-verify';
+    const expected = await seedOld(client, ns, 20);
+    const tampered = `/registry/secrets/${ns}/s0007`;
+    let verifying = false;
+    let overwritten = false;
+    // The store: once the verification scan starts, a "current-looking" value (the aesgcm/new prefix,
+    // garbage after it) replaces one key the rewrite had written and verified.
+    const store: RewriteStore = {
+      ...recordingStore(client),
+      pages: (start, end, options) => {
+        const inner = client.pages(start, end, options);
+        return (async function* () {
+          if (verifying && !overwritten) {
+            overwritten = true;
+            await client.put(enc(tampered), Buffer.concat([Buffer.from('k8s:enc:aesgcm:v1:new:'), Buffer.alloc(64, 7)]));
+          }
+          yield* inner;
+        })();
+      },
+    };
+    const report = await rewrite(rewriteOptions(store, {
+      onProgress: (p) => {
+        if (p.phase === 'verify') verifying = true;
+      },
+    }));
+    assert.equal(overwritten, true);
+    assert.equal(report.counts.rewritten, 20);
+    assert.equal(report.converged, false, 'a value that does not decrypt is never taken as verified');
+    const finding = report.finalScan!.findings.find((f) => f.key === tampered);
+    assert.equal(finding?.problem, 'undecryptable');
+    assert.equal(report.finalScan!.totals.undecryptable, 1);
+    expected.delete(tampered);
+    await client.delete(enc(tampered));
     await assertConverged(client, ns, expected);
   });
 
