@@ -11,7 +11,7 @@
 //   node scripts/test.mjs --only setup    setup + build, no suite
 
 import { spawn, spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,6 +35,17 @@ const only = onlyIndex >= 0 ? process.argv[onlyIndex + 1] : undefined;
 if (only !== undefined && only !== 'setup' && !(only in SUITES)) {
   console.error(`unknown suite "${only}"; choose one of setup, ${Object.keys(SUITES).join(', ')}`);
   process.exit(2);
+}
+
+// pkcs11js is an optional dependency, so npm ci carries on without it when node-gyp cannot build it;
+// the PKCS#11 tests and the image build need it: say so now rather than as a compile error later.
+if (!existsSync(join(root, 'node_modules', 'pkcs11js', 'build', 'Release', 'pkcs11.node'))) {
+  console.error(
+    'node_modules/pkcs11js was not built by npm ci (its native build needs Node\'s headers). ' +
+      'Point npm at them and reinstall, e.g. `npm_config_nodedir=/usr npm ci` (where /usr/include/node exists); ' +
+      '.ci/run does this for you.',
+  );
+  process.exit(1);
 }
 
 function run(label, cmd, args) {
