@@ -28,14 +28,9 @@ if have_all; then
   exit 0
 fi
 
-if ! command -v go >/dev/null 2>&1; then
-  if [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="/usr/local/go/bin:$PATH"
-  else
-    echo "10-etcd.sh: Go is needed to build etcd $ETCD_VERSION and was not found" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=lib/go.sh
+source "$here/lib/go.sh"
+ensure_go 10-etcd
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT

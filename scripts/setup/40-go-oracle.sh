@@ -11,16 +11,9 @@ src="$root/conformance/oracle"
 bin_dir="${ATREST_CACHE_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/atrest/bin}"
 mkdir -p "$bin_dir"
 
-if ! command -v go >/dev/null 2>&1; then
-  if [ -x /usr/local/go/bin/go ]; then
-    export PATH="/usr/local/go/bin:$PATH"
-  else
-    echo "40-go-oracle: Go is not installed; installing golang-go from Debian" >&2
-    if ! apt-get install -y golang-go >/dev/null 2>&1; then
-      apt-get update >/dev/null && apt-get install -y golang-go >/dev/null
-    fi
-  fi
-fi
+# shellcheck source=lib/go.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
+ensure_go 40-go-oracle
 
 hash="$(cd "$src" && cat go.mod go.sum $(ls *.go | sort) | sha256sum | cut -c1-16)"
 stamp="$bin_dir/atrest-oracle.hash"

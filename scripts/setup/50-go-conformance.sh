@@ -7,28 +7,13 @@
 # go.mod are fetched by Go itself from the module proxy); with no Go at all it fetches the toolchain module.
 set -euo pipefail
 
-GO_TOOLCHAIN=go1.26.8
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="${ATREST_CACHE_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/atrest/bin}"
 mkdir -p "$bin"
 
-if ! command -v go >/dev/null 2>&1; then
-  if [ -x /usr/local/go/bin/go ]; then
-    export PATH="/usr/local/go/bin:$PATH"
-  elif [ -x "$bin/go-$GO_TOOLCHAIN/bin/go" ]; then
-    export PATH="$bin/go-$GO_TOOLCHAIN/bin:$PATH"
-  else
-    # The Go toolchain is published as a module (golang.org/toolchain) on the Go module proxy.
-    echo "50-go-conformance: Go not found; fetching $GO_TOOLCHAIN from the Go module proxy" >&2
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    curl -fsSL -o "$tmp/go.zip" "https://proxy.golang.org/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-amd64.zip"
-    (cd "$tmp" && python3 -m zipfile -e go.zip x)
-    mv "$tmp/x/golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-amd64" "$bin/go-$GO_TOOLCHAIN"
-    chmod -R u+x "$bin/go-$GO_TOOLCHAIN/bin" "$bin/go-$GO_TOOLCHAIN/pkg/tool"
-    export PATH="$bin/go-$GO_TOOLCHAIN/bin:$PATH"
-  fi
-fi
+# shellcheck source=lib/go.sh
+source "$root/scripts/setup/lib/go.sh"
+ensure_go 50-go-conformance
 echo "50-go-conformance: $(go version)"
 
 # Skip the download/precompile pass when nothing in the harness changed since the last successful one.

@@ -7,21 +7,13 @@
 # Idempotent: rebuilds only when the wrapper module or the Go version changes.
 set -euo pipefail
 
-GO_TOOLCHAIN=go1.26.8 # the toolchain scripts/setup/50-go-conformance.sh fetches when Go is missing
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="${ATREST_CACHE_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/atrest/bin}"
 mkdir -p "$bin"
 
-if ! command -v go >/dev/null 2>&1; then
-  if [ -x /usr/local/go/bin/go ]; then
-    export PATH="/usr/local/go/bin:$PATH"
-  elif [ -x "$bin/go-$GO_TOOLCHAIN/bin/go" ]; then
-    export PATH="$bin/go-$GO_TOOLCHAIN/bin:$PATH"
-  else
-    echo "55-h2spec: Go not found (scripts/setup/50-go-conformance.sh provides it)" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=lib/go.sh
+source "$here/lib/go.sh"
+ensure_go 55-h2spec
 
 hash="$( { go version; cat "$here/h2spec/go.mod" "$here/h2spec/go.sum"; } | sha256sum | cut -c1-16)"
 stamp="$bin/h2spec.hash"

@@ -23,15 +23,8 @@ if ! command -v openssl >/dev/null 2>&1; then
 fi
 mkdir -p "$bin"
 
-ensure_go() {
-  command -v go >/dev/null 2>&1 && return 0
-  if [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="/usr/local/go/bin:$PATH"
-  else
-    echo "60-kube-apiserver.sh: Go (>= the version in the e2e/build go.mod files) is needed to build kube-apiserver and was not found" >&2
-    exit 1
-  fi
-}
+# shellcheck source=lib/go.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 
 # build VERSION MODULE-DIR  CMD... : builds k8s.io/kubernetes/cmd/<CMD> of that release into
 # $cache/kube-VERSION/ (skipped when all are there already).
@@ -43,7 +36,7 @@ build() {
     echo "$* $version already in $dest"
     return 0
   fi
-  ensure_go
+  ensure_go 60-kube-apiserver
   if ! grep -q "^require k8s.io/kubernetes $version\$" "$module/go.mod"; then
     echo "60-kube-apiserver.sh: $module/go.mod is not for $version; run e2e/build/gen-go-mod.sh $version" >&2
     exit 1
