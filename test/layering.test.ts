@@ -26,6 +26,8 @@ const LAYERS: Readonly<Record<string, readonly string[]>> = {
   // Bounded-concurrency work over paged lists with an in-order low-water mark (etcd tools and
   // rewrite --via-api): knows nothing of where the pages come from.
   paging: [],
+  // The pooled CSPRNG every layer draws nonces, IVs, DEKs and seeds from (node:crypto only).
+  random: [],
   // Wire codecs (protobuf messages): pure, used by the plugin, the clients and the kms v2 format.
   proto: ['errors', 'bytes'],
   // Storage formats: pure. The kms v2 EncryptedObject is part of the storage format, so its codec in
@@ -62,8 +64,8 @@ const LAYERS: Readonly<Record<string, readonly string[]>> = {
 
 /** Small shared definitions every part may use: the error catalog, byte helpers, the logger
  * interface, Go durations, how kube-apiserver hashes a key id, retrying with backoff, working
- * through paged lists. */
-const LEAVES = new Set(['errors', 'bytes', 'logger', 'duration', 'key-id', 'retry', 'paging']);
+ * through paged lists, drawing random bytes. */
+const LEAVES = new Set(['errors', 'bytes', 'logger', 'duration', 'key-id', 'retry', 'paging', 'random']);
 
 /** The only packages the storage formats use: they stay pure (no I/O, no process, no console). */
 const TRANSFORMER_PACKAGES = [/^node:crypto$/, /^@noble\/ciphers\/[a-z0-9]+\.js$/];

@@ -3,7 +3,7 @@
 // re-reads the file and swaps keys only if the new file is valid, consistent with the old one, and its
 // active key passes a wrap/unwrap self-test (keyring-check.ts); otherwise the loaded keys stay.
 
-import { randomBytes as nodeRandomBytes } from 'node:crypto';
+import { defaultRandom } from '../random.js';
 import { AtrestError, BackendError } from '../errors.js';
 import { bytesEqual } from '../bytes.js';
 import type { KeyBackend, UnwrapRequest, WrapRequest, Wrapped } from './backend.js';
@@ -51,7 +51,7 @@ function checkConsistent(previous: Keyring, next: Keyring, path: string): void {
 export async function createKeyringBackend(
   options: KeyringBackendOptions,
 ): Promise<KeyringBackend> {
-  const random = options.random ?? nodeRandomBytes;
+  const random = options.random ?? defaultRandom;
   const requirePrivate = options.requirePrivate ?? true;
   let keyring = await readKeyringFile(options.path, { requirePrivate });
   let byID = new Map(keyring.keys.map((k) => [k.id, k.secret]));

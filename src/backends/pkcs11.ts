@@ -14,7 +14,7 @@
 // any other PIN error) every call fails at once, without touching the token, until reload().
 
 import pkcs11js from 'pkcs11js';
-import { randomBytes } from 'node:crypto';
+import { defaultRandom } from '../random.js';
 import { AtrestError, BackendError, type BackendErrorKind } from '../errors.js';
 import type { KekService } from './remote.js';
 import { createSessionPool } from './session-pool.js';
@@ -202,7 +202,7 @@ function isSessionBroken(err: unknown): boolean {
 }
 
 export function createPkcs11Service(config: Pkcs11Config, deps: Pkcs11Deps): KekService {
-  const random = deps.random ?? randomBytes;
+  const random = deps.random ?? defaultRandom;
   let mod: Pkcs11Module | undefined;
   let slot: Handle | undefined;
   /** Sessions this service has open; PKCS#11 logs the application out when the last one closes. */

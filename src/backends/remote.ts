@@ -3,7 +3,7 @@
 // rotation done in the key manager is noticed without a restart and Status stays cheap), the
 // self-describing envelope, the optional local KEK tier, retries of transient failures, and health.
 
-import { randomBytes } from 'node:crypto';
+import { defaultRandom } from '../random.js';
 import { AtrestError, BackendError, type BackendErrorKind } from '../errors.js';
 import type { BackendHealth, KeyBackend, UnwrapRequest, WrapRequest, Wrapped } from './backend.js';
 import {
@@ -122,7 +122,7 @@ export function createRemoteBackend(
 ): RemoteKeyBackend {
   const logger = options.logger ?? silentLogger;
   const now = options.now ?? Date.now;
-  const random = options.random ?? randomBytes;
+  const random = options.random ?? defaultRandom;
   const refreshIntervalMs = options.refreshIntervalMs ?? 30_000;
   const refreshRetryMs = options.refreshRetryMs ?? 5_000;
   const callTimeoutMs = options.callTimeoutMs ?? 2_000;

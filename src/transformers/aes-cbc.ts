@@ -7,7 +7,8 @@
 
 import { createCipheriv, createDecipheriv, createSecretKey } from 'node:crypto';
 import { FormatInvalidError } from '../errors.js';
-import { assertAesKey, defaultRandom, truncated } from './aes-gcm.js';
+import { assertAesKey, truncated } from './aes-gcm.js';
+import { defaultRandom } from '../random.js';
 import type { RandomOptions } from './aes-gcm.js';
 import type { FromStorageResult, TransformContext, Transformer } from './transformer.js';
 

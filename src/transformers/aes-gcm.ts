@@ -10,7 +10,6 @@ import {
   createDecipheriv,
   createHmac,
   createSecretKey,
-  randomBytes,
 } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { DecryptionFailedError, FormatInvalidError } from '../errors.js';
@@ -24,30 +23,7 @@ export const HKDF_MIN_SEED_SIZE = 32;
 
 export const AES_KEY_SIZES: readonly number[] = [16, 24, 32];
 
-/** Where nonces, IVs, DEKs and seeds come from; injectable so tests and vectors are reproducible. */
-export type RandomSource = (n: number) => Buffer;
-
-/**
- * node:crypto's CSPRNG, read 4 KiB at a time: one randomBytes call costs microseconds regardless of size,
- * and every write needs 12–76 bytes. Each byte is handed out once (copied out, then the pool moves on).
- */
-export function createPooledRandom(poolSize = 4096): RandomSource {
-  let pool = Buffer.alloc(0);
-  let offset = 0;
-  return (n) => {
-    if (n > poolSize) return randomBytes(n);
-    if (offset + n > pool.length) {
-      pool = randomBytes(poolSize);
-      offset = 0;
-    }
-    const out = Buffer.from(pool.subarray(offset, offset + n));
-    pool.fill(0, offset, offset + n);
-    offset += n;
-    return out;
-  };
-}
-
-export const defaultRandom: RandomSource = createPooledRandom();
+import { defaultRandom, type RandomSource } from '../random.js';
 
 export interface RandomOptions {
   readonly random?: RandomSource;

@@ -17,7 +17,8 @@ export {
   GCM_TAG_SIZE,
   HKDF_INFO_SIZE,
 } from './aes-gcm.js';
-export type { RandomOptions, RandomSource } from './aes-gcm.js';
+export type { RandomOptions } from './aes-gcm.js';
+export type { RandomSource } from '../random.js';
 export { createAesCbcTransformer, CBC_IV_SIZE } from './aes-cbc.js';
 export {
   createSecretboxTransformer,

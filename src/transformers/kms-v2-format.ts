@@ -16,8 +16,8 @@ import {
   createAesGcmSeedTransformer,
   createAesGcmTransformer,
   HKDF_MIN_SEED_SIZE,
-  type RandomSource,
 } from './aes-gcm.js';
+import type { RandomSource } from '../random.js';
 import { validateEncryptedObject, type EncryptedObjectFields } from './kms-v2-validation.js';
 import type { Transformer } from './transformer.js';
 

@@ -4,7 +4,8 @@
 
 import { AtrestError } from '../errors.js';
 import { DEK_SOURCE_HKDF_SHA256_XNONCE_AES_GCM_SEED } from '../proto/encrypted-object.js';
-import { createAesGcmSeedTransformer, type RandomSource } from './aes-gcm.js';
+import { createAesGcmSeedTransformer } from './aes-gcm.js';
+import type { RandomSource } from '../random.js';
 import type { KmsV2EncryptResult, KmsV2Service } from './kms-services.js';
 import { KMS_V2_SEED_SIZE, kmsV2CacheKey } from './kms-v2-format.js';
 import {

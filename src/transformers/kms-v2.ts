@@ -9,8 +9,7 @@ import {
   DEK_SOURCE_HKDF_SHA256_XNONCE_AES_GCM_SEED,
   EncryptedObject,
 } from '../proto/encrypted-object.js';
-import { defaultRandom } from './aes-gcm.js';
-import type { RandomSource } from './aes-gcm.js';
+import { defaultRandom, type RandomSource } from '../random.js';
 import type { KmsHealth } from './kms-health.js';
 import { kmsCallFailed, type KmsV2Service } from './kms-services.js';
 import {

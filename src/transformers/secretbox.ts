@@ -6,7 +6,8 @@
 
 import { xsalsa20poly1305 } from '@noble/ciphers/salsa.js';
 import { DecryptionFailedError } from '../errors.js';
-import { defaultRandom, truncated } from './aes-gcm.js';
+import { truncated } from './aes-gcm.js';
+import { defaultRandom } from '../random.js';
 import type { RandomOptions } from './aes-gcm.js';
 import type { FromStorageResult, TransformContext, Transformer } from './transformer.js';
 

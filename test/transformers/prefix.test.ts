@@ -204,21 +204,6 @@ test('keyed providers refuse keys of the wrong size as programmer errors', () =>
   assert.throws(() => createPrefixTransformers([]), TypeError);
 });
 
-test('the pooled random source never hands out the same bytes twice and honours sizes', async () => {
-  const { createPooledRandom } = await import('../../src/transformers/aes-gcm.js');
-  const random = createPooledRandom(64);
-  const seen = new Set<string>();
-  for (let i = 0; i < 200; i++) {
-    const b = random(12);
-    assert.equal(b.length, 12);
-    const hex = b.toString('hex');
-    assert.ok(!seen.has(hex));
-    seen.add(hex);
-  }
-  assert.equal(random(100).length, 100);
-  assert.equal(random(0).length, 0);
-});
-
 test('entries without a description are named by their position and prefix', async () => {
   const { createAesGcmTransformer } = await import('../../src/transformers/aes-gcm.js');
   const entry = (key: Buffer) => ({

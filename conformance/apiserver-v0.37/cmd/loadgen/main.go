@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -41,8 +42,13 @@ type result struct {
 	RPCPerSec    float64 `json:"rpc_per_sec"`
 	P50ms        float64 `json:"p50_ms"`
 	P99ms        float64 `json:"p99_ms"`
+	P999ms       float64 `json:"p999_ms"`
 	CPUSeconds   float64 `json:"server_cpu_s"`
 	CPUPer10kRPC float64 `json:"server_cpu_s_per_10k_rpc"`
+	// Open loop only: how late the generator itself handed each slot to a worker (its own timer and
+	// scheduling, before any RPC), so a tail both plugins share can be told from the servers'.
+	DispatchP50ms float64 `json:"dispatch_p50_ms,omitempty"`
+	DispatchP99ms float64 `json:"dispatch_p99_ms,omitempty"`
 }
 
 func main() {
@@ -78,7 +84,7 @@ func main() {
 		run(svc, *concurrency, *rate, *warmup)
 	}
 	cpuBefore := cpuSeconds(*pid)
-	lat, errs, elapsed := run(svc, *concurrency, *rate, *duration)
+	lat, lags, errs, elapsed := run(svc, *concurrency, *rate, *duration)
 	cpu := cpuSeconds(*pid) - cpuBefore
 
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -87,10 +93,16 @@ func main() {
 		r.RPCPerSec = float64(len(lat)) / elapsed.Seconds()
 		r.P50ms = ms(lat[len(lat)*50/100])
 		r.P99ms = ms(lat[len(lat)*99/100])
+		r.P999ms = ms(lat[len(lat)*999/1000])
 		if *pid > 0 {
 			r.CPUSeconds = cpu
 			r.CPUPer10kRPC = cpu / float64(len(lat)) * 10000
 		}
+	}
+	if len(lags) > 0 {
+		sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
+		r.DispatchP50ms = ms(lags[len(lags)*50/100])
+		r.DispatchP99ms = ms(lags[len(lags)*99/100])
 	}
 	out, _ := json.Marshal(r)
 	fmt.Println(string(out))
@@ -115,13 +127,32 @@ func (s v1Service) Status(context.Context) (*kmsservice.StatusResponse, error) {
 	return nil, fmt.Errorf("v1 has no Status")
 }
 
+// slotLead is how early the open-loop generator hands a slot to a worker, which then waits for the
+// slot's time with sleepUntil.
+const slotLead = 2 * time.Millisecond
+
+// sleepUntil blocks this goroutine's thread in clock_nanosleep until t: the kernel's timer precision
+// (tens of microseconds), not the Go poller's millisecond. Only a few workers wait at a time (one
+// slot every 2 ms at 1,000 RPC/s).
+func sleepUntil(t time.Time) {
+	for {
+		d := time.Until(t)
+		if d <= 0 {
+			return
+		}
+		ts := syscall.NsecToTimespec(int64(d))
+		_ = syscall.Nanosleep(&ts, nil) // EINTR (a runtime signal): loop and wait the rest
+	}
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// run returns every RPC's latency, the error count and the wall time.
-func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time.Duration, int64, time.Duration) {
+// run returns every RPC's latency, every open-loop slot's dispatch lag, the error count and the wall time.
+func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time.Duration, []time.Duration, int64, time.Duration) {
 	var (
 		mu   sync.Mutex
 		all  []time.Duration
+		lags []time.Duration
 		errs atomic.Int64
 		wg   sync.WaitGroup
 	)
@@ -139,7 +170,9 @@ func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time
 				if at.After(stop) {
 					return
 				}
-				time.Sleep(time.Until(at))
+				// Go's timers wake up to ~1 ms late when the process is idle (the poller waits in whole
+				// milliseconds): hand the slot out early and let the worker wait the rest precisely.
+				time.Sleep(time.Until(at.Add(-slotLead)))
 				slots <- at
 			}
 		}()
@@ -149,6 +182,7 @@ func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time
 		go func() {
 			defer wg.Done()
 			local := make([]time.Duration, 0, 4096)
+			var localLags []time.Duration
 			plain := make([]byte, 32)
 			for {
 				var scheduled time.Time
@@ -158,6 +192,8 @@ func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time
 						break
 					}
 					scheduled = at
+					sleepUntil(at)
+					localLags = append(localLags, time.Since(at))
 				} else {
 					if time.Now().After(stop) {
 						break
@@ -184,11 +220,12 @@ func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time
 			}
 			mu.Lock()
 			all = append(all, local...)
+			lags = append(lags, localLags...)
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	return all, errs.Load(), time.Since(start)
+	return all, lags, errs.Load(), time.Since(start)
 }
 
 // cpuSeconds reads utime+stime (fields 14 and 15, clock ticks of 1/100 s on Linux) of a process.
