@@ -233,14 +233,19 @@ export function httpGetStatus(access: KubeAccess, path: string): Promise<number>
   });
 }
 
-/** Polls /readyz every 50 ms until it answers 200; fails if the API server exits or after `timeoutMs`. */
-export async function waitReady(access: KubeAccess, alive: () => boolean, timeoutMs = 600_000): Promise<void> {
+/** Polls /readyz every `pollMs` until it answers 200; fails if the API server exits or after `timeoutMs`. */
+export async function waitReady(
+  access: KubeAccess,
+  alive: () => boolean,
+  timeoutMs = 600_000,
+  pollMs = 50,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if ((await httpGetStatus(access, '/readyz')) === 200) return;
     if (!alive()) throw new Error('kube-apiserver exited while starting');
     if (Date.now() > deadline) throw new Error(`kube-apiserver not ready after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, pollMs));
   }
 }
 
