@@ -13,6 +13,7 @@ import {
 } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { DecryptionFailedError, FormatInvalidError } from '../errors.js';
+import { defaultRandom, type RandomSource } from '../random.js';
 import type { FromStorageResult, TransformContext, Transformer } from './transformer.js';
 
 export const GCM_NONCE_SIZE = 12;
@@ -22,8 +23,6 @@ export const HKDF_INFO_SIZE = 32;
 export const HKDF_MIN_SEED_SIZE = 32;
 
 export const AES_KEY_SIZES: readonly number[] = [16, 24, 32];
-
-import { defaultRandom, type RandomSource } from '../random.js';
 
 export interface RandomOptions {
   readonly random?: RandomSource;
