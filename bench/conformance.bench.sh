@@ -6,7 +6,7 @@
 # an open loop at a fixed 1,000 RPC/s. Server CPU comes from /proc/PID/stat (utime+stime) of the plugin
 # process. Runs alternate atrest / Go so machine noise hits both. Writes bench/results/conformance.md.
 # The two rows issue 14 sets targets on (concurrency 1, fixed rate) are measured BENCH_ROUNDS times
-# (default 3), the order flipped each round; the table shows each plugin's median round and the
+# (default 5), the order flipped each round; the table shows each plugin's median round and the
 # ratio of every round, so a target is claimed only when it holds across rounds.
 # BENCH_DURATION=10s lengthens each window (default 5s). BENCH_CPU_PROF=1 runs atrest under
 # `node --cpu-prof` (the profiler costs CPU too: use it to find hot spots, not for the results file, which
@@ -22,7 +22,7 @@ fi
 conformance_build_tools
 
 DURATION="${BENCH_DURATION:-5s}"
-ROUNDS="${BENCH_ROUNDS:-3}"
+ROUNDS="${BENCH_ROUNDS:-5}"
 ATREST_CMD="${ATREST_CMD:-node $root/dist/src/cli/main.js}"
 work="$(mktemp -d /tmp/atrest-bench-conf-XXXXXX)"
 pids=()

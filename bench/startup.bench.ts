@@ -24,7 +24,7 @@ import {
 } from './harness.js';
 
 const N = flagN('ATREST_BENCH_STARTUP_N', 5000);
-const RESTARTS = Number(process.env['ATREST_BENCH_RESTARTS'] ?? 5);
+const RESTARTS = Number(process.env['ATREST_BENCH_RESTARTS'] ?? 9);
 /** /readyz is polled this often: the two plugins' ready times differ by tens of milliseconds. */
 const READY_POLL_MS = 10;
 const KMS_VERSIONS = ['v1', 'v2'] as const;
