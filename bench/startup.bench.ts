@@ -158,13 +158,20 @@ async function main(): Promise<void> {
         `${c.restarts.map((r) => r.apiCpu.toFixed(1)).join(' / ')} | ${c.restarts.map((r) => r.pluginCpu.toFixed(2)).join(' / ')} | ${c.load} |`,
     );
   }
+  const ratio = (kms: string, f: (r: Restart) => number): number => median(cell(kms, 'atrest'), f) / median(cell(kms, 'go'), f);
+  const ready = (r: Restart): number => r.readySecs;
   const ratios = KMS_VERSIONS.map((kms) => {
-    const a = cell(kms, 'atrest');
-    const g = cell(kms, 'go');
-    const ready = median(a, (r) => r.readySecs) / median(g, (r) => r.readySecs);
-    const list = median(a, (r) => r.listSecs) / median(g, (r) => r.listSecs);
-    return `| kms ${kms} | ${ready.toFixed(2)}× | ${list.toFixed(2)}× |`;
+    const plugin = (p: PluginKind): string => median(cell(kms, p), (r) => r.pluginCpu).toFixed(2);
+    return `| kms ${kms} | ${ratio(kms, ready).toFixed(2)}× | ${ratio(kms, (r) => r.listSecs).toFixed(2)}× | ${plugin('atrest')} / ${plugin('go')} |`;
   });
+  // With kms v2 the plugin serves one Decrypt per restart: that row's ratio is how far the two control
+  // planes differ without the plugin's help, the noise floor of the kms v1 comparison.
+  const v1 = ratio('v1', ready);
+  const floor = Math.abs(1 - ratio('v2', ready));
+  const verdict =
+    `${v1 <= 1 ? 'met' : 'not met'} in this run (${v1.toFixed(2)}×). The kms v2 row, where the plugin serves one ` +
+    `Decrypt per restart, differs from 1.00× by ${floor.toFixed(2)} with no plugin work to speak of: a kms v1 ` +
+    `difference of that size is the two control planes, not the plugins.`;
   const md = [
     '## startup: the KMS start-up storm (kube-apiserver restart with N Secrets)',
     '',
@@ -190,11 +197,11 @@ async function main(): Promise<void> {
     '',
     'atrest ÷ Go reference (median restart of each; below 1.00× = atrest faster):',
     '',
-    '| KMS | ready | get secrets -A |',
-    '|---|---:|---:|',
+    '| KMS | ready | get secrets -A | plugin CPU s, atrest / Go |',
+    '|---|---:|---:|---:|',
     ...ratios,
     '',
-    'Target (issue 14): with kms v1, kube-apiserver ready at least as fast with atrest as with the Go plugin.',
+    `Target (issue 14): with kms v1, kube-apiserver ready at least as fast with atrest as with the Go plugin: ${verdict}`,
     '',
   ].join('\n');
   writeSection('startup', md);
