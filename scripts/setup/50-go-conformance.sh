@@ -2,7 +2,8 @@
 # Prepares the Go conformance harness (conformance/, run by conformance/run.sh): downloads the modules of
 # every harness module (k8s.io/apiserver v0.37, v0.30 and v0.28 lines, the grpc-go v1.27 old client) so the test
 # step is not network-bound, precompiles their tests into Go's build cache, and builds the reference Go
-# plugin and the load generator of the benchmark into $ATREST_CACHE_BIN (keyed by source hash).
+# plugin and the load generator of the benchmark into $ATREST_CACHE_BIN (keyed by source hash; the
+# plugin is also linked as atrest-refplugin).
 # Idempotent: with caches warm a rerun takes a few seconds. Needs Go >= 1.21 (newer toolchains named in
 # go.mod are fetched by Go itself from the module proxy); with no Go at all it fetches the toolchain module.
 set -euo pipefail
@@ -33,4 +34,6 @@ fi
 # shellcheck source=../../conformance/tools.sh
 . "$root/conformance/tools.sh"
 conformance_build_tools
+# A stable name for the unit tests that talk to a grpc-go server (test/kms-client/grpc-go.test.ts).
+ln -sfn "$(basename "$REFPLUGIN")" "$bin/atrest-refplugin"
 echo "50-go-conformance: modules ready; $REFPLUGIN and $LOADGEN built"

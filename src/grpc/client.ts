@@ -239,11 +239,14 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
             if (code === http2.constants.NGHTTP2_REFUSED_STREAM) {
               return settle(new Retryable(`stream for ${method} was refused`));
             }
+            // The connection went away (the plugin stopped or restarted): Node then closes its
+            // streams with CANCEL, which is not the server cancelling this call.
+            const lost = s.destroyed || s.closed || code === undefined || code === http2.constants.NGHTTP2_NO_ERROR;
             return settle(
               new GrpcStatusError(
-                code === http2.constants.NGHTTP2_CANCEL ? GRPC_CODE.CANCELLED : GRPC_CODE.UNAVAILABLE,
-                code === undefined || code === http2.constants.NGHTTP2_NO_ERROR
-                  ? `connection closed before ${method} answered`
+                lost || code !== http2.constants.NGHTTP2_CANCEL ? GRPC_CODE.UNAVAILABLE : GRPC_CODE.CANCELLED,
+                lost
+                  ? `the connection closed before ${method} answered`
                   : `stream for ${method} was reset by the server (HTTP/2 error ${code})`,
               ),
             );
