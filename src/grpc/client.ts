@@ -1,9 +1,21 @@
 // A unary gRPC client over a UNIX socket that behaves like grpc-go with wait-for-ready, as
 // kube-apiserver dials its KMS plugin: a missing or refusing socket is retried with short backoff
 // until the call's deadline, and a lost connection (plugin restart) is re-dialled by the next call.
+// HTTP/2 is our own (client-connection.ts); this file holds the gRPC rules: dialling, deadlines,
+// cancellation, what may be sent again, and how a stream's end becomes a result or a status.
 
-import http2 from 'node:http2';
 import net from 'node:net';
+import {
+  ClientConnection,
+  STREAM_CANCELLED,
+  STREAM_ENDED,
+  STREAM_LOST,
+  STREAM_REFUSED,
+  STREAM_RESET,
+  STREAM_TOO_LARGE,
+  type ClientStream,
+} from './client-connection.js';
+import { CANCEL } from './h2-wire.js';
 import { MESSAGE_PREFIX, formatGrpcTimeout, frameMessage } from './framing.js';
 import { GRPC_CODE, GrpcStatusError, decodeGrpcMessage, isGrpcCode, type GrpcCode } from './status.js';
 import { REAL_CLOCK, withRetry, type RetryOptions } from '../retry.js';
@@ -85,32 +97,32 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
   const authority = options.authority ?? 'localhost';
   const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE;
   const clock = options.clock ?? REAL_CLOCK;
-  let session: http2.ClientHttp2Session | undefined;
-  let dialing: Promise<http2.ClientHttp2Session> | undefined;
+  let session: ClientConnection | undefined;
+  let dialing: Promise<ClientConnection> | undefined;
   let inFlight = 0;
   let closed = false;
 
-  function usable(s: http2.ClientHttp2Session | undefined): s is http2.ClientHttp2Session {
-    return s !== undefined && !s.closed && !s.destroyed;
+  function usable(c: ClientConnection | undefined): c is ClientConnection {
+    return c !== undefined && c.usable;
   }
 
-  /** One dial attempt: resolves with a session on a connected socket, rejects on a socket error. */
-  function dialOnce(): Promise<http2.ClientHttp2Session> {
+  /** One dial attempt: resolves with a connection on a connected socket, rejects on a socket error. */
+  function dialOnce(): Promise<ClientConnection> {
     return new Promise((resolve, reject) => {
       const socket = net.connect(address);
       const onError = (err: Error): void => reject(err);
       socket.once('error', onError);
       socket.once('connect', () => {
         socket.removeListener('error', onError);
-        const s = http2.connect('http://localhost', { createConnection: () => socket });
-        s.on('error', () => {});
-        const forget = (): void => {
-          if (session === s) session = undefined;
-        };
-        s.on('close', forget);
-        s.on('goaway', forget);
-        if (inFlight === 0) s.unref();
-        resolve(s);
+        const c = new ClientConnection(socket, {
+          authority,
+          maxMessageBytes,
+          onUnusable: (gone) => {
+            if (session === gone) session = undefined;
+          },
+        });
+        if (inFlight === 0) c.unref();
+        resolve(c);
       });
     });
   }
@@ -121,7 +133,7 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
   }
 
   /** The open session, or a new one; a failed dial is what wait-for-ready retries. */
-  async function sessionOrDial(): Promise<http2.ClientHttp2Session> {
+  async function sessionOrDial(): Promise<ClientConnection> {
     for (;;) {
       if (closed) throw new GrpcStatusError(GRPC_CODE.CANCELLED, 'the client is closed');
       if (usable(session)) return session;
@@ -130,15 +142,15 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
       });
       const s = await dialing;
       if (closed) {
-        s.destroy();
+        s.close();
         continue;
       }
       if (!usable(session)) session = s;
-      else if (session !== s) s.destroy();
+      else if (session !== s) s.close();
     }
   }
 
-  async function getSession(deadline: number, signal: AbortSignal | undefined): Promise<http2.ClientHttp2Session> {
+  async function getSession(deadline: number, signal: AbortSignal | undefined): Promise<ClientConnection> {
     try {
       return await withRetry(sessionOrDial, { ...DIAL_BACKOFF, ...untilDeadline(deadline, signal) });
     } catch (err) {
@@ -152,44 +164,21 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
   }
 
   function attempt(
-    s: http2.ClientHttp2Session,
+    c: ClientConnection,
     method: string,
     message: Uint8Array,
     deadline: number,
     signal: AbortSignal | undefined,
   ): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
-      let req: http2.ClientHttp2Stream;
-      try {
-        req = s.request(
-          {
-            ':method': 'POST',
-            ':scheme': 'http',
-            ':path': method,
-            ':authority': authority,
-            'content-type': 'application/grpc',
-            te: 'trailers',
-            'grpc-timeout': formatGrpcTimeout(deadline - clock.now()),
-          },
-          { endStream: false },
-        );
-      } catch (err) {
-        return reject(new Retryable('session unusable', { cause: err }));
-      }
       let settled = false;
-      let gotResponse = false;
-      let httpStatus = 0;
-      let grpcStatus: string | undefined;
-      let grpcMessage: string | undefined;
-      const parts: Buffer[] = [];
-      let received = 0;
-
+      let stream: ClientStream | undefined;
       const settle = (err: Error | undefined, value?: Buffer): void => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
-        if (!req.closed && !req.destroyed) req.close(http2.constants.NGHTTP2_CANCEL);
+        stream?.cancel(); // a no-op once the stream is over
         if (err !== undefined) reject(err);
         else resolve(value!);
       };
@@ -200,81 +189,49 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
       const onAbort = (): void =>
         settle(new GrpcStatusError(GRPC_CODE.CANCELLED, `call to ${method} cancelled`, { cause: signal?.reason }));
       signal?.addEventListener('abort', onAbort, { once: true });
-
-      const takeStatus = (headers: http2.IncomingHttpHeaders): void => {
-        const st = headers['grpc-status'];
-        if (typeof st === 'string') {
-          grpcStatus = st;
-          const msg = headers['grpc-message'];
-          grpcMessage = typeof msg === 'string' ? decodeGrpcMessage(msg) : '';
-        }
-      };
-      req.on('response', (headers) => {
-        gotResponse = true;
-        httpStatus = Number(headers[':status']);
-        takeStatus(headers);
-      });
-      req.on('trailers', takeStatus);
-      req.on('data', (chunk: Buffer) => {
-        received += chunk.length;
-        if (received > maxMessageBytes + MESSAGE_PREFIX) {
-          settle(
-            new GrpcStatusError(
-              GRPC_CODE.RESOURCE_EXHAUSTED,
-              `response from ${method} is larger than the limit of ${maxMessageBytes} bytes`,
-            ),
-          );
-          return;
-        }
-        parts.push(chunk);
-      });
-      req.on('error', () => {}); // the outcome is decided in 'close'
-      req.on('close', () => {
+      const sink = { onClose: (s: ClientStream): void => settleFrom(s) };
+      const settleFrom = (s: ClientStream): void => {
         if (settled) return;
-        if (grpcStatus === undefined) {
-          if (!gotResponse) {
-            const code = req.rstCode;
-            // REFUSED_STREAM (also what a GOAWAY means for streams above its last id): the server
-            // never processed it, so it is safe to send again on a new connection.
-            if (code === http2.constants.NGHTTP2_REFUSED_STREAM) {
-              return settle(new Retryable(`stream for ${method} was refused`));
-            }
-            // The connection went away (the plugin stopped or restarted): Node then closes its
-            // streams with CANCEL, which is not the server cancelling this call.
-            const lost = s.destroyed || s.closed || code === undefined || code === http2.constants.NGHTTP2_NO_ERROR;
+        switch (s.state) {
+          case STREAM_CANCELLED:
+            return;
+          case STREAM_REFUSED:
+            // REFUSED_STREAM, above a GOAWAY's last id, or never sent: the server never processed it,
+            // so it is safe to send again on a new connection.
+            return settle(new Retryable(`stream for ${method} was refused`));
+          case STREAM_TOO_LARGE:
             return settle(
               new GrpcStatusError(
-                lost || code !== http2.constants.NGHTTP2_CANCEL ? GRPC_CODE.UNAVAILABLE : GRPC_CODE.CANCELLED,
-                lost
-                  ? `the connection closed before ${method} answered`
-                  : `stream for ${method} was reset by the server (HTTP/2 error ${code})`,
+                GRPC_CODE.RESOURCE_EXHAUSTED,
+                `response from ${method} is larger than the limit of ${maxMessageBytes} bytes`,
               ),
             );
-          }
-          if (httpStatus !== 200) {
-            return settle(new GrpcStatusError(httpStatusToCode(httpStatus), `HTTP status ${httpStatus} from ${method}`));
-          }
-          return settle(new GrpcStatusError(GRPC_CODE.INTERNAL, `no grpc-status in the response from ${method}`));
+          case STREAM_LOST:
+            // The connection went away (the plugin stopped or restarted) or broke the protocol.
+            return settle(
+              new GrpcStatusError(
+                s.error.startsWith('HTTP/2') ? GRPC_CODE.INTERNAL : GRPC_CODE.UNAVAILABLE,
+                s.error.startsWith('HTTP/2') ? `${s.error} (calling ${method})` : `the connection closed before ${method} answered`,
+              ),
+            );
+          case STREAM_RESET:
+            if (s.grpcStatus === undefined) {
+              const code = s.rstCode;
+              return settle(
+                new GrpcStatusError(
+                  code === CANCEL ? GRPC_CODE.CANCELLED : GRPC_CODE.UNAVAILABLE,
+                  `stream for ${method} was reset by the server (HTTP/2 error ${code})`,
+                ),
+              );
+            }
+            break;
+          case STREAM_ENDED:
+            break;
         }
-        const n = Number(grpcStatus);
-        if (!isGrpcCode(n)) {
-          return settle(new GrpcStatusError(GRPC_CODE.UNKNOWN, `invalid grpc-status ${grpcStatus.slice(0, 8)}`));
-        }
-        if (n !== GRPC_CODE.OK) return settle(new GrpcStatusError(n, grpcMessage ?? ''));
-        const body = parts.length === 1 ? parts[0]! : Buffer.concat(parts, received);
-        if (body.length < MESSAGE_PREFIX) {
-          return settle(new GrpcStatusError(GRPC_CODE.INTERNAL, `no response message from ${method}`));
-        }
-        if (body[0] !== 0) {
-          return settle(new GrpcStatusError(GRPC_CODE.INTERNAL, `compressed or invalid response message from ${method}`));
-        }
-        const len = body.readUInt32BE(1);
-        if (len !== body.length - MESSAGE_PREFIX) {
-          return settle(new GrpcStatusError(GRPC_CODE.INTERNAL, `response from ${method} is not exactly one message`));
-        }
-        settle(undefined, body.subarray(MESSAGE_PREFIX));
-      });
-      req.end(frameMessage(message));
+        settle(...outcome(s, method));
+      };
+      stream = c.request(method, formatGrpcTimeout(deadline - clock.now()), frameMessage(message), sink);
+      if (settled) stream.cancel();
     });
   }
 
@@ -286,12 +243,9 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
       const onSession = async (): Promise<Buffer> => {
         const s = await getSession(deadline, signal);
         if (inFlight > 0) s.ref();
-        try {
-          return await attempt(s, method, message, deadline, signal);
-        } catch (err) {
-          if (err instanceof Retryable && session === s) session = undefined;
-          throw err;
-        }
+        // A refused call is sent again after a short wait: on this connection if it still takes
+        // calls (a REFUSED_STREAM), on a new one if not (a GOAWAY took it out of `session`).
+        return attempt(s, method, message, deadline, signal);
       };
       try {
         return await withRetry(onSession, { ...REFUSED_BACKOFF, ...untilDeadline(deadline, signal) });
@@ -309,17 +263,36 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
 
     async close() {
       closed = true;
-      const s = session;
+      const c = session;
       session = undefined;
-      if (s === undefined || s.destroyed) return;
-      await new Promise<void>((resolve) => {
-        s.once('close', () => resolve());
-        // An idle session is unref'd; a caller awaiting close() must keep the process alive until
-        // it is done, or Node exits mid-await and whatever the caller does next never happens.
-        s.ref();
-        s.close();
-        setTimeout(() => s.destroy(), 1000).unref();
-      });
+      if (c === undefined) return;
+      await c.shutdown(1000);
     },
   };
+}
+
+/** The result of a stream the server ended (or reset after its trailers): the message, or a status. */
+function outcome(s: ClientStream, method: string): [Error | undefined, Buffer?] {
+  const grpcStatus = s.grpcStatus;
+  if (grpcStatus === undefined) {
+    if (s.httpStatus !== 200) {
+      return [new GrpcStatusError(httpStatusToCode(s.httpStatus), `HTTP status ${s.httpStatus} from ${method}`)];
+    }
+    return [new GrpcStatusError(GRPC_CODE.INTERNAL, `no grpc-status in the response from ${method}`)];
+  }
+  const n = Number(grpcStatus);
+  if (!isGrpcCode(n)) return [new GrpcStatusError(GRPC_CODE.UNKNOWN, `invalid grpc-status ${grpcStatus.slice(0, 8)}`)];
+  if (n !== GRPC_CODE.OK) return [new GrpcStatusError(n, decodeGrpcMessage(s.grpcMessage ?? ''))];
+  const body = s.parts.length === 1 ? s.parts[0]! : Buffer.concat(s.parts, s.received);
+  if (body.length < MESSAGE_PREFIX) {
+    return [new GrpcStatusError(GRPC_CODE.INTERNAL, `no response message from ${method}`)];
+  }
+  if (body[0] !== 0) {
+    return [new GrpcStatusError(GRPC_CODE.INTERNAL, `compressed or invalid response message from ${method}`)];
+  }
+  const len = body.readUInt32BE(1);
+  if (len !== body.length - MESSAGE_PREFIX) {
+    return [new GrpcStatusError(GRPC_CODE.INTERNAL, `response from ${method} is not exactly one message`)];
+  }
+  return [undefined, body.subarray(MESSAGE_PREFIX)];
 }

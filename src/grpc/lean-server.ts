@@ -22,55 +22,54 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../logger.js';
 import { silentLogger } from '../logger.js';
 import { MESSAGE_PREFIX, parseGrpcTimeout } from './framing.js';
-import { HpackDecoder, HpackError, encodeHpackInt, type HpackDecodeOptions, type HpackField } from './hpack.js';
+import { HpackDecoder, HpackError, type HpackDecodeOptions, type HpackField } from './hpack.js';
+import {
+  CANCEL,
+  COMPRESSION_ERROR,
+  DEFAULT_WINDOW,
+  ENHANCE_YOUR_CALM,
+  FLAG_ACK,
+  FLAG_END_HEADERS,
+  FLAG_END_STREAM,
+  FLAG_PADDED,
+  FLAG_PRIORITY,
+  FLOW_CONTROL_ERROR,
+  FRAME_HEADER,
+  FRAME_SIZE_ERROR,
+  INTERNAL_ERROR,
+  MAX_MAX_FRAME_SIZE,
+  MAX_WINDOW,
+  MIN_MAX_FRAME_SIZE,
+  NO_ERROR,
+  PREFACE,
+  PROTOCOL_ERROR,
+  REFUSED_STREAM,
+  SETTINGS_ENABLE_PUSH,
+  SETTINGS_HEADER_TABLE_SIZE,
+  SETTINGS_INITIAL_WINDOW_SIZE,
+  SETTINGS_MAX_CONCURRENT_STREAMS,
+  SETTINGS_MAX_FRAME_SIZE,
+  SETTINGS_MAX_HEADER_LIST_SIZE,
+  STREAM_CLOSED,
+  TYPE_CONTINUATION,
+  TYPE_DATA,
+  TYPE_GOAWAY,
+  TYPE_HEADERS,
+  TYPE_PING,
+  TYPE_PRIORITY,
+  TYPE_PUSH_PROMISE,
+  TYPE_RST_STREAM,
+  TYPE_SETTINGS,
+  TYPE_WINDOW_UPDATE,
+  controlFrame,
+  literalField,
+  literalIndexedName,
+  u32Frame,
+  writeFrameHeader,
+} from './h2-wire.js';
 import { GRPC_CODE, GrpcStatusError, encodeGrpcMessage, type GrpcCode } from './status.js';
 import { CallAbort } from './call-abort.js';
 import type { GrpcServer, GrpcServerOptions, UnaryCall, UnaryHandler } from './server.js';
-
-// --- HTTP/2 wire constants (RFC 9113 §6, §7, §11) ---
-
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-const FRAME_HEADER = 9;
-
-const TYPE_DATA = 0x0;
-const TYPE_HEADERS = 0x1;
-const TYPE_PRIORITY = 0x2;
-const TYPE_RST_STREAM = 0x3;
-const TYPE_SETTINGS = 0x4;
-const TYPE_PUSH_PROMISE = 0x5;
-const TYPE_PING = 0x6;
-const TYPE_GOAWAY = 0x7;
-const TYPE_WINDOW_UPDATE = 0x8;
-const TYPE_CONTINUATION = 0x9;
-
-const FLAG_END_STREAM = 0x1;
-const FLAG_ACK = 0x1;
-const FLAG_END_HEADERS = 0x4;
-const FLAG_PADDED = 0x8;
-const FLAG_PRIORITY = 0x20;
-
-const SETTINGS_HEADER_TABLE_SIZE = 0x1;
-const SETTINGS_ENABLE_PUSH = 0x2;
-const SETTINGS_MAX_CONCURRENT_STREAMS = 0x3;
-const SETTINGS_INITIAL_WINDOW_SIZE = 0x4;
-const SETTINGS_MAX_FRAME_SIZE = 0x5;
-const SETTINGS_MAX_HEADER_LIST_SIZE = 0x6;
-
-const NO_ERROR = 0x0;
-const PROTOCOL_ERROR = 0x1;
-const INTERNAL_ERROR = 0x2;
-const FLOW_CONTROL_ERROR = 0x3;
-const STREAM_CLOSED = 0x5;
-const FRAME_SIZE_ERROR = 0x6;
-const REFUSED_STREAM = 0x7;
-const CANCEL = 0x8;
-const COMPRESSION_ERROR = 0x9;
-const ENHANCE_YOUR_CALM = 0xb;
-
-const DEFAULT_WINDOW = 65_535;
-const MAX_WINDOW = 0x7fff_ffff;
-const MIN_MAX_FRAME_SIZE = 16_384;
-const MAX_MAX_FRAME_SIZE = 16_777_215;
 
 // --- what this server announces and enforces ---
 
@@ -218,51 +217,12 @@ const CLOSED_RESET_BY_PEER = 3;
 const UNKNOWN_METHOD = 'unknown';
 const EMPTY = Buffer.alloc(0);
 
-function writeFrameHeader(out: Buffer, at: number, length: number, type: number, flags: number, id: number): void {
-  out[at] = length >>> 16;
-  out[at + 1] = (length >>> 8) & 0xff;
-  out[at + 2] = length & 0xff;
-  out[at + 3] = type;
-  out[at + 4] = flags;
-  out.writeUInt32BE(id, at + 5);
-}
-
-function controlFrame(type: number, flags: number, id: number, payload: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(FRAME_HEADER + payload.length);
-  writeFrameHeader(out, 0, payload.length, type, flags, id);
-  payload.copy(out, FRAME_HEADER);
-  return out;
-}
-
-function u32Frame(type: number, id: number, value: number): Buffer {
-  const out = Buffer.allocUnsafe(FRAME_HEADER + 4);
-  writeFrameHeader(out, 0, 4, type, 0, id);
-  out.writeUInt32BE(value, FRAME_HEADER);
-  return out;
-}
-
 // --- constant response header blocks (static table / literals without indexing, no Huffman) ---
 
-function literal(name: string, value: string): Buffer {
-  // Literal header field without indexing, new name (RFC 7541 §6.2.2).
-  return Buffer.concat([
-    Buffer.from([0x00]),
-    Buffer.from(encodeHpackInt(name.length, 7, 0)),
-    Buffer.from(name, 'latin1'),
-    Buffer.from(encodeHpackInt(Buffer.byteLength(value, 'latin1'), 7, 0)),
-    Buffer.from(value, 'latin1'),
-  ]);
-}
-
 /** ':status: 200' (static index 8) and 'content-type: application/grpc' (name = static index 31). */
-const RESPONSE_HEADERS_BLOCK = Buffer.concat([
-  Buffer.from([0x88]),
-  Buffer.from(encodeHpackInt(31, 4, 0x00)),
-  Buffer.from(encodeHpackInt(16, 7, 0)),
-  Buffer.from('application/grpc', 'latin1'),
-]);
-const OK_TRAILERS_BLOCK = literal('grpc-status', '0');
-const STATUS_BLOCKS: readonly Buffer[] = Array.from({ length: 17 }, (_, code) => literal('grpc-status', String(code)));
+const RESPONSE_HEADERS_BLOCK = Buffer.concat([Buffer.from([0x88]), literalIndexedName(31, 'application/grpc')]);
+const OK_TRAILERS_BLOCK = literalField('grpc-status', '0');
+const STATUS_BLOCKS: readonly Buffer[] = Array.from({ length: 17 }, (_, code) => literalField('grpc-status', String(code)));
 
 /** The precomputed frames of an OK response around the DATA payload; patched with the stream id. */
 const OK_HEAD_LENGTH = FRAME_HEADER + RESPONSE_HEADERS_BLOCK.length + FRAME_HEADER + MESSAGE_PREFIX;
@@ -283,7 +243,7 @@ const OK_TAIL = ((): Buffer => {
 /** The trailers-only header block of a non-OK status. */
 function errorBlock(code: GrpcCode, message: string): Buffer {
   const text = encodeGrpcMessage(message);
-  return Buffer.concat([RESPONSE_HEADERS_BLOCK, STATUS_BLOCKS[code]!, literal('grpc-message', text)]);
+  return Buffer.concat([RESPONSE_HEADERS_BLOCK, STATUS_BLOCKS[code]!, literalField('grpc-message', text)]);
 }
 
 /** Lenient percent-decoding of an authority; a malformed escape leaves the value as it came. */
