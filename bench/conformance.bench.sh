@@ -139,13 +139,14 @@ out.push('', '| concurrency | atrest/Go server CPU per RPC | atrest/Go RPC/s | a
 for (const [c, cpuR, rpsR, p99R] of ratios) out.push(`| ${c} | ${f(cpuR)}× | ${f(rpsR)}× | ${f(p99R)}× |`);
 const list = (xs) => xs.map((x) => `${f(x)}×`).join(', ');
 const rps1 = perRound(1, 0, 'rpc_per_sec'), p991 = perRound(1, 0, 'p99_ms'), p99Fixed = perRound(64, 1000, 'p99_ms');
-out.push('', `Every round, atrest/Go at concurrency 1: RPC/s ${list(rps1)}; p99 ${list(p991)}. At the fixed rate: p99 ${list(p99Fixed)}.`);
+out.push('', `Every round, atrest/Go at concurrency 1: RPC/s ${list(rps1)}; p99 ${list(p991)}. At the fixed rate: p99 ${list(p99Fixed)}; Encrypt p99 ${list(perRound(64, 1000, 'encrypt_p99_ms'))}; Decrypt p99 ${list(perRound(64, 1000, 'decrypt_p99_ms'))}.`);
 const fa = find('atrest', 64, 1000), fg = find('go', 64, 1000);
 out.push('', 'Fixed rate 1,000 RPC/s (open loop, latency from the scheduled start, 64 workers). "generator lag" is how late');
 out.push('the load generator itself handed each call to a worker (its timers and scheduling, before any RPC): a floor');
-out.push('both plugins share, inside every Encrypt latency.', '');
-out.push('| plugin | achieved RPC/s | p50 ms | p99 ms | p99.9 ms | generator lag p99 ms | server CPU s / 10k RPC | errors |', '|---|---:|---:|---:|---:|---:|---:|---:|');
-for (const [n, r] of [['atrest', fa], ['Go reference', fg]]) out.push(`| ${n} | ${f(r.rpc_per_sec, 0)} | ${f(r.p50_ms, 3)} | ${f(r.p99_ms, 3)} | ${f(r.p999_ms, 3)} | ${f(r.dispatch_p99_ms, 3)} | ${f(r.server_cpu_s_per_10k_rpc, 3)} | ${r.errors} |`);
+out.push('both plugins share, inside every Encrypt latency. The last two columns split the calls by kind, without that lag:');
+out.push('the Encrypt that arrives after the idle gap between slots, and the Decrypt sent as soon as it answered.', '');
+out.push('| plugin | achieved RPC/s | p50 ms | p99 ms | p99.9 ms | generator lag p99 ms | server CPU s / 10k RPC | errors | Encrypt p50 / p99 ms | Decrypt p50 / p99 ms |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+for (const [n, r] of [['atrest', fa], ['Go reference', fg]]) out.push(`| ${n} | ${f(r.rpc_per_sec, 0)} | ${f(r.p50_ms, 3)} | ${f(r.p99_ms, 3)} | ${f(r.p999_ms, 3)} | ${f(r.dispatch_p99_ms, 3)} | ${f(r.server_cpu_s_per_10k_rpc, 3)} | ${r.errors} | ${f(r.encrypt_p50_ms, 3)} / ${f(r.encrypt_p99_ms, 3)} | ${f(r.decrypt_p50_ms, 3)} / ${f(r.decrypt_p99_ms, 3)} |`);
 const worstCpu = Math.max(...ratios.map((x) => x[1]));
 out.push('', 'Targets (issue 3):', '');
 out.push(`- server CPU per RPC ≤ 2× Go: ${worstCpu <= 2 ? 'met' : 'NOT met'} (worst ratio ${f(worstCpu)}× over concurrency 1/16/64).`);

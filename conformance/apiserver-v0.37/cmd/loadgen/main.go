@@ -49,6 +49,12 @@ type result struct {
 	// scheduling, before any RPC), so a tail both plugins share can be told from the servers'.
 	DispatchP50ms float64 `json:"dispatch_p50_ms,omitempty"`
 	DispatchP99ms float64 `json:"dispatch_p99_ms,omitempty"`
+	// Open loop only, each call kind alone and without the generator lag: the Encrypt that arrives
+	// after the idle gap between slots, and the Decrypt sent right after it answered.
+	EncryptP50ms float64 `json:"encrypt_p50_ms,omitempty"`
+	EncryptP99ms float64 `json:"encrypt_p99_ms,omitempty"`
+	DecryptP50ms float64 `json:"decrypt_p50_ms,omitempty"`
+	DecryptP99ms float64 `json:"decrypt_p99_ms,omitempty"`
 }
 
 func main() {
@@ -81,10 +87,10 @@ func main() {
 		os.Exit(1)
 	}
 	if *warmup > 0 {
-		run(svc, *concurrency, *rate, *warmup)
+		_, _, _, _, _ = run(svc, *concurrency, *rate, *warmup)
 	}
 	cpuBefore := cpuSeconds(*pid)
-	lat, lags, errs, elapsed := run(svc, *concurrency, *rate, *duration)
+	lat, lags, split, errs, elapsed := run(svc, *concurrency, *rate, *duration)
 	cpu := cpuSeconds(*pid) - cpuBefore
 
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -100,9 +106,9 @@ func main() {
 		}
 	}
 	if len(lags) > 0 {
-		sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
-		r.DispatchP50ms = ms(lags[len(lags)*50/100])
-		r.DispatchP99ms = ms(lags[len(lags)*99/100])
+		r.DispatchP50ms, r.DispatchP99ms = p50p99(lags)
+		r.EncryptP50ms, r.EncryptP99ms = p50p99(split.encrypt)
+		r.DecryptP50ms, r.DecryptP99ms = p50p99(split.decrypt)
 	}
 	out, _ := json.Marshal(r)
 	fmt.Println(string(out))
@@ -147,14 +153,30 @@ func sleepUntil(t time.Time) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// run returns every RPC's latency, every open-loop slot's dispatch lag, the error count and the wall time.
-func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time.Duration, []time.Duration, int64, time.Duration) {
+// p50p99 sorts d and returns its median and 99th percentile in milliseconds (0, 0 when empty).
+func p50p99(d []time.Duration) (float64, float64) {
+	if len(d) == 0 {
+		return 0, 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return ms(d[len(d)*50/100]), ms(d[len(d)*99/100])
+}
+
+// byKind holds open-loop latencies per call kind, each measured from when its request was due to be
+// sent by a worker already awake: the Encrypt from the end of the worker's wait for its slot (so
+// without the generator lag), the Decrypt from the Encrypt's answer.
+type byKind struct{ encrypt, decrypt []time.Duration }
+
+// run returns every RPC's latency, every open-loop slot's dispatch lag, the open-loop latencies per
+// call kind, the error count and the wall time.
+func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time.Duration, []time.Duration, byKind, int64, time.Duration) {
 	var (
-		mu   sync.Mutex
-		all  []time.Duration
-		lags []time.Duration
-		errs atomic.Int64
-		wg   sync.WaitGroup
+		mu    sync.Mutex
+		all   []time.Duration
+		lags  []time.Duration
+		split byKind
+		errs  atomic.Int64
+		wg    sync.WaitGroup
 	)
 	start := time.Now()
 	stop := start.Add(d)
@@ -183,6 +205,8 @@ func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time
 			defer wg.Done()
 			local := make([]time.Duration, 0, 4096)
 			var localLags []time.Duration
+			var localSplit byKind
+			var woke time.Time
 			plain := make([]byte, 32)
 			for {
 				var scheduled time.Time
@@ -193,7 +217,8 @@ func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time
 					}
 					scheduled = at
 					sleepUntil(at)
-					localLags = append(localLags, time.Since(at))
+					woke = time.Now()
+					localLags = append(localLags, woke.Sub(at))
 				} else {
 					if time.Now().After(stop) {
 						break
@@ -205,6 +230,9 @@ func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time
 				res, err := svc.Encrypt(ctx, "6f1d3c2b-0a9e-4f8d-b7c6-5e4d3c2b1a09", plain)
 				encDone := time.Now()
 				local = append(local, encDone.Sub(scheduled))
+				if slots != nil {
+					localSplit.encrypt = append(localSplit.encrypt, encDone.Sub(woke))
+				}
 				if err != nil {
 					errs.Add(1)
 					continue
@@ -213,7 +241,11 @@ func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time
 					Ciphertext: res.Ciphertext, KeyID: res.KeyID, Annotations: res.Annotations,
 				})
 				// In open loop the Decrypt is due as soon as its Encrypt answered.
-				local = append(local, time.Since(encDone))
+				decrypted := time.Since(encDone)
+				local = append(local, decrypted)
+				if slots != nil {
+					localSplit.decrypt = append(localSplit.decrypt, decrypted)
+				}
 				if err != nil {
 					errs.Add(1)
 				}
@@ -221,11 +253,13 @@ func run(svc kmsservice.Service, concurrency, rate int, d time.Duration) ([]time
 			mu.Lock()
 			all = append(all, local...)
 			lags = append(lags, localLags...)
+			split.encrypt = append(split.encrypt, localSplit.encrypt...)
+			split.decrypt = append(split.decrypt, localSplit.decrypt...)
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	return all, lags, errs.Load(), time.Since(start)
+	return all, lags, split, errs.Load(), time.Since(start)
 }
 
 // cpuSeconds reads utime+stime (fields 14 and 15, clock ticks of 1/100 s on Linux) of a process.
