@@ -76,9 +76,10 @@ export const STREAM_OPEN = 1;
 export const STREAM_ENDED = 2; // the server ended it (END_STREAM)
 export const STREAM_RESET = 3; // the server reset it (rstCode)
 export const STREAM_REFUSED = 4; // never processed: REFUSED_STREAM, above a GOAWAY's last id, or never sent
-export const STREAM_LOST = 5; // the connection closed or failed under it (`error` says why)
+export const STREAM_LOST = 5; // the connection closed under it
 export const STREAM_CANCELLED = 6; // our caller gave up (cancel())
 export const STREAM_TOO_LARGE = 7; // the response went past maxMessageBytes; we reset it
+export const STREAM_FAILED = 8; // the server broke HTTP/2 (a stream or connection error; `error` says how)
 
 export interface StreamSink {
   /** Called once, when the stream reaches a final state. */
@@ -96,9 +97,9 @@ export class ClientStream {
   readonly parts: Buffer[] = [];
   received = 0;
   rstCode = 0;
-  /** For STREAM_LOST: what happened to the connection. */
+  /** For STREAM_FAILED: what the server did wrong. */
   error = '';
-  /** Request bytes (HEADERS then DATA) not written yet, and where the DATA starts. */
+  /** The framed request while part of it waits for window, and how much of it was sent. */
   pending: Buffer | undefined;
   pendingAt = 0;
   sendWindow = DEFAULT_WINDOW;
@@ -190,17 +191,14 @@ export class ClientConnection {
     this.queue(head);
     this.queue(u32Frame(TYPE_WINDOW_UPDATE, 0, CONNECTION_WINDOW - DEFAULT_WINDOW));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (err: Error) => this.lost(`connection error: ${err.message}`));
-    socket.on('close', () => this.lost('the connection closed'));
+    // An error is followed by 'close'; either way the calls in flight have lost their connection.
+    socket.on('error', () => this.lost(STREAM_LOST));
+    socket.on('close', () => this.lost(STREAM_LOST));
   }
 
   /** Takes new calls: not closed, failed, draining after a GOAWAY, or closing. */
   get usable(): boolean {
     return !this.dead && !this.closing && this.goawayLastId < 0;
-  }
-
-  get active(): number {
-    return this.streams.size + this.queued.length;
   }
 
   ref(): void {
@@ -275,19 +273,18 @@ export class ClientConnection {
       this.finish(stream, STREAM_REFUSED);
       return;
     }
+    const block = stream.headerBlock;
+    if (block.length > this.peerMaxFrame) {
+      // Our blocks are a few hundred bytes; a method or authority this long is a caller's bug.
+      stream.error = `request headers of ${block.length} bytes exceed the server's frame size`;
+      this.finish(stream, STREAM_FAILED);
+      return;
+    }
     stream.id = this.nextId;
     this.nextId += 2;
     stream.state = STREAM_OPEN;
     stream.sendWindow = this.peerInitialWindow;
     this.streams.set(stream.id, stream);
-    const block = stream.headerBlock;
-    if (block.length > this.peerMaxFrame) {
-      // Our blocks are a few hundred bytes; a method or authority this long is a caller's bug.
-      this.streams.delete(stream.id);
-      stream.error = `request headers of ${block.length} bytes exceed the server's frame size`;
-      this.finish(stream, STREAM_LOST);
-      return;
-    }
     const head = Buffer.allocUnsafe(FRAME_HEADER + block.length);
     writeFrameHeader(head, 0, block.length, TYPE_HEADERS, FLAG_END_HEADERS, stream.id);
     block.copy(head, FRAME_HEADER);
@@ -593,7 +590,7 @@ export class ClientConnection {
     this.streams.delete(s.id);
     this.queue(u32Frame(TYPE_RST_STREAM, s.id, code));
     s.error = `HTTP/2 stream error from the server: ${why}`;
-    this.finish(s, STREAM_LOST);
+    this.finish(s, STREAM_FAILED);
     this.afterStreamGone();
   }
 
@@ -637,12 +634,11 @@ export class ClientConnection {
     if (this.dead) return;
     this.queue(goawayFrame(0, code)); // we accept no streams from the server: last id 0
     this.flush();
-    this.lost(`HTTP/2 connection error from the server: ${why}`);
-    this.socket.destroy();
+    this.lost(STREAM_FAILED, `HTTP/2 connection error from the server: ${why}`);
   }
 
-  /** The connection is gone: calls sent fail as lost, calls never sent as refused. */
-  private lost(why: string): void {
+  /** The connection is gone: calls sent end as `state` (lost or failed), calls never sent as refused. */
+  private lost(state: number, why = ''): void {
     if (this.dead && this.streams.size === 0 && this.queued.length === 0) return;
     this.dead = true;
     this.sayUnusable();
@@ -651,7 +647,7 @@ export class ClientConnection {
     const waiting = this.queued.splice(0);
     for (const s of open) {
       s.error = why;
-      this.finish(s, STREAM_LOST);
+      this.finish(s, state);
     }
     for (const s of waiting) this.finish(s, STREAM_REFUSED);
     if (!this.socket.destroyed) this.socket.destroy();

@@ -9,6 +9,7 @@ import {
   ClientConnection,
   STREAM_CANCELLED,
   STREAM_ENDED,
+  STREAM_FAILED,
   STREAM_LOST,
   STREAM_REFUSED,
   STREAM_RESET,
@@ -207,13 +208,10 @@ export function createGrpcClient(options: GrpcClientOptions): GrpcClient {
               ),
             );
           case STREAM_LOST:
-            // The connection went away (the plugin stopped or restarted) or broke the protocol.
-            return settle(
-              new GrpcStatusError(
-                s.error.startsWith('HTTP/2') ? GRPC_CODE.INTERNAL : GRPC_CODE.UNAVAILABLE,
-                s.error.startsWith('HTTP/2') ? `${s.error} (calling ${method})` : `the connection closed before ${method} answered`,
-              ),
-            );
+            // The connection went away (the plugin stopped or restarted).
+            return settle(new GrpcStatusError(GRPC_CODE.UNAVAILABLE, `the connection closed before ${method} answered`));
+          case STREAM_FAILED:
+            return settle(new GrpcStatusError(GRPC_CODE.INTERNAL, `${s.error} (calling ${method})`));
           case STREAM_RESET:
             if (s.grpcStatus === undefined) {
               const code = s.rstCode;
