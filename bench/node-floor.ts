@@ -1,11 +1,13 @@
 // The Node floor of a KMS v2 call, a reference for `npm run bench -- conformance` (not a plugin):
 // `node dist/bench/node-floor.js SOCKET [--seal]` answers the load generator's Status, Encrypt and
 // Decrypt with the least a Node process can do. It reads the socket, splits frames and writes one
-// response per call. It does no HPACK decoding, keeps no stream state, checks nothing and has no limits,
-// so it must never face a real client (it only closes a connection that buffers more than 1 MiB). With --seal, each Encrypt seals the plaintext with node:crypto
-// AES-256-GCM (createCipheriv, a random nonce from a pool) and each Decrypt opens it, as the keyring
-// backend does. Without --seal it answers with fixed bytes. So the rows show two things: what Node costs
-// per call before any code of ours runs, and what the per-call node:crypto seal adds on top.
+// response per call. It does no HPACK decoding, keeps no stream state and checks next to nothing, so it
+// must never face a real client; its one limit closes a connection that buffers more than 1 MiB or
+// 1,024 unfinished streams, or sends a ciphertext it cannot open. With --seal, each Encrypt seals the
+// plaintext with node:crypto AES-256-GCM (createCipheriv, a random nonce from a pool) and each Decrypt
+// opens it, as the keyring backend does. Without --seal it answers with fixed bytes. So the rows show
+// two things: what Node costs per call before any code of ours runs, and what the per-call node:crypto
+// seal adds on top.
 
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
@@ -73,7 +75,8 @@ function fields(message: Buffer): Map<number, Buffer> {
     const field = message[at++]! >> 3;
     let len = 0;
     for (let shift = 0; ; shift += 7) {
-      const b = message[at++]!;
+      const b = message[at++];
+      if (b === undefined || shift > 21) throw new RangeError('malformed protobuf length');
       len |= (b & 0x7f) << shift;
       if (b < 0x80) break;
     }
@@ -85,7 +88,8 @@ function fields(message: Buffer): Map<number, Buffer> {
 
 function answer(message: Buffer): Buffer {
   if (message.length === 0) {
-    return Buffer.concat([bytesField(1, Buffer.from('v2')), bytesField(2, Buffer.from('ok')), bytesField(3, KEY_ID)]);
+    const [version, healthz] = [Buffer.from('v2'), Buffer.from('ok')];
+    return Buffer.concat([bytesField(1, version), bytesField(2, healthz), bytesField(3, KEY_ID)]);
   }
   const f = fields(message);
   const ciphertext = f.get(3) === undefined ? undefined : f.get(1)!;
@@ -93,7 +97,8 @@ function answer(message: Buffer): Buffer {
     if (!seal) return bytesField(1, Buffer.alloc(32));
     const d = createDecipheriv('aes-256-gcm', KEY, ciphertext.subarray(0, NONCE));
     d.setAuthTag(ciphertext.subarray(ciphertext.length - TAG));
-    return bytesField(1, Buffer.concat([d.update(ciphertext.subarray(NONCE, ciphertext.length - TAG)), d.final()]));
+    const sealed = ciphertext.subarray(NONCE, ciphertext.length - TAG);
+    return bytesField(1, Buffer.concat([d.update(sealed), d.final()]));
   }
   const plaintext = f.get(1) ?? Buffer.alloc(0);
   let sealed: Buffer;
@@ -130,7 +135,9 @@ function serve(socket: Socket): void {
   const bodies = new Map<number, Buffer>();
   const windowOpen = Buffer.allocUnsafe(4);
   windowOpen.writeUInt32BE(MAX_WINDOW - DEFAULT_WINDOW);
-  socket.write(Buffer.concat([frame(TYPE_SETTINGS, 0, 0, Buffer.alloc(0)), frame(TYPE_WINDOW_UPDATE, 0, 0, windowOpen)]));
+  socket.write(
+    Buffer.concat([frame(TYPE_SETTINGS, 0, 0, Buffer.alloc(0)), frame(TYPE_WINDOW_UPDATE, 0, 0, windowOpen)]),
+  );
   socket.on('error', () => socket.destroy());
   socket.on('data', (chunk: Buffer) => {
     pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
@@ -152,8 +159,9 @@ function serve(socket: Socket): void {
       const id = pending.readUInt32BE(5) & 0x7fff_ffff;
       const payload = pending.subarray(FRAME_HEADER, FRAME_HEADER + length);
       pending = pending.subarray(FRAME_HEADER + length);
-      if (type === TYPE_SETTINGS && (flags & FLAG_ACK) === 0) out.push(frame(TYPE_SETTINGS, FLAG_ACK, 0, Buffer.alloc(0)));
-      if (type === TYPE_PING && (flags & FLAG_ACK) === 0) out.push(frame(TYPE_PING, FLAG_ACK, 0, payload));
+      const ack = (flags & FLAG_ACK) !== 0;
+      if (type === TYPE_SETTINGS && !ack) out.push(frame(TYPE_SETTINGS, FLAG_ACK, 0, Buffer.alloc(0)));
+      if (type === TYPE_PING && !ack) out.push(frame(TYPE_PING, FLAG_ACK, 0, payload));
       if (type !== TYPE_DATA) continue;
       if (length > 0) {
         const credit = Buffer.allocUnsafe(4);
@@ -170,7 +178,14 @@ function serve(socket: Socket): void {
         continue;
       }
       bodies.delete(id);
-      out.push(response(id, answer(body.subarray(5))));
+      let message: Buffer;
+      try {
+        message = answer(body.subarray(5));
+      } catch {
+        socket.destroy();
+        return;
+      }
+      out.push(response(id, message));
     }
     if (pending.length > 0) pending = Buffer.from(pending);
     if (out.length > 0) socket.write(out.length === 1 ? out[0]! : Buffer.concat(out));
