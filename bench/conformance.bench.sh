@@ -168,7 +168,7 @@ const floor = find('floor', 64, 1000), floorSeal = find('floor-seal', 64, 1000);
 const fixedRows = [['atrest', fa], ['Go reference', fg], ['Node floor: fixed answers', floor], ['Node floor + node:crypto seal', floorSeal]];
 for (const [n, r] of fixedRows) out.push(`| ${n} | ${f(r.rpc_per_sec, 0)} | ${f(r.p50_ms, 3)} | ${f(r.p99_ms, 3)} | ${f(r.p999_ms, 3)} | ${f(r.dispatch_p99_ms, 3)} | ${f(r.server_cpu_s_per_10k_rpc, 3)} | ${r.errors} | ${f(r.encrypt_p50_ms, 3)} / ${f(r.encrypt_p99_ms, 3)} | ${f(r.decrypt_p50_ms, 3)} / ${f(r.decrypt_p99_ms, 3)} |`);
 out.push('', 'The two "Node floor" rows are references, not plugins: bench/node-floor.ts reads the socket, splits');
-out.push('frames and writes one response per call, with no HPACK decoding, stream state, checks or limits; the');
+out.push('frames and writes one response per call, with no HPACK decoding, stream state or checks (only a buffer cap); the');
 out.push('second also seals each Encrypt and opens each Decrypt with node:crypto AES-256-GCM (one createCipheriv per');
 out.push('call, as the keyring backend does). They show what Node costs per call on this machine before any code');
 out.push(`of ours runs. Every round, p99 against Go's: Node floor ${list(perRound(64, 1000, 'p99_ms', 'floor'))}; Node floor + seal ${list(perRound(64, 1000, 'p99_ms', 'floor-seal'))}.`);
